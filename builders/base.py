@@ -1,0 +1,131 @@
+"""What both data methods share: a task in, `train` (synthetic) and `test` (gold) splits out.
+
+A subclass supplies its config knobs, its provenance columns and `synthesize`; this class turns the
+task into the cache key, keeps the resume journal, adds the prompt/completion columns that TRL's
+SFTTrainer reads, and stores the filter report in the dataset's description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+
+from ..journal import Journal
+from ..prompts import format_completion, training_prompt
+from ..report import FilterReport
+from ..task import Task, TaskSpecError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskDatasetConfig(datasets.BuilderConfig):
+    """Knobs common to every method. `task` is a path (NI V2 task file, YAML, JSON), a dict or a `Task`."""
+
+    task: Any = None
+    model: Optional[str] = None
+    num_examples: int = 64
+    seed: int = 0
+    batch_size: int = 16
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task is None:
+            raise TaskSpecError("task", "is missing", 'pass load_dataset(..., task="path/to/task.yaml") or a dict')
+        for knob in ("num_examples", "batch_size"):
+            if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
+                raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
+
+    def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
+        # Key the cache on the task's content, not on the path or object that carried it.
+        kwargs = dict(config_kwargs)
+        if kwargs.get("task") is not None:
+            kwargs["task"] = Task.load(kwargs["task"]).fingerprint()
+        return super().create_config_id(kwargs, custom_features)
+
+
+class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
+    BUILDER_CONFIG_CLASS = TaskDatasetConfig
+    METHOD = "synthetic"
+
+    # -- what a method provides ------------------------------------------------------------------
+
+    def provenance_features(self) -> dict[str, datasets.Value]:
+        """Columns saying where each synthetic row came from; gold rows get `provenance_defaults`."""
+        return {}
+
+    def provenance_defaults(self) -> dict[str, Any]:
+        return {}
+
+    def synthesize(self, task: Task, journal: Journal, report: FilterReport) -> list[dict]:
+        """Rows with `input`, `output` and the provenance columns."""
+        raise NotImplementedError
+
+    # -- the shared machinery --------------------------------------------------------------------
+
+    @property
+    def task(self) -> Task:
+        if not hasattr(self, "_task"):
+            self._task = Task.load(self.config.task)
+        return self._task
+
+    def _info(self) -> datasets.DatasetInfo:
+        features = {
+            "input": datasets.Value("string"),
+            "output": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "completion": datasets.Value("string"),
+        }
+        if self.task.is_classification:
+            features["label"] = datasets.ClassLabel(names=self.task.labels)
+        features.update(self.provenance_features())
+        return datasets.DatasetInfo(
+            description=f"{self.METHOD} synthetic data for task '{self.task.name}'",
+            features=datasets.Features(features),
+        )
+
+    @property
+    def work_dir(self) -> Path:
+        """Resume state lives beside the cache, keyed like it, and outlives failed attempts."""
+        key = hashlib.sha256(str(self._cache_dir).encode()).hexdigest()[:16]
+        return Path(self._cache_dir_root) / "selfguide_work" / f"{self.dataset_name}-{key}"
+
+    def _row(self, row: dict) -> dict:
+        out = dict(row)
+        out["prompt"] = training_prompt(self.task, row["input"])
+        out["completion"] = format_completion(row.get("completion_text", row["output"]))
+        out.pop("completion_text", None)
+        if self.task.is_classification:
+            out["label"] = self.task.labels.index(row["output"])
+        return out
+
+    def _split_generators(self, dl_manager):
+        task = self.task
+        report = FilterReport()
+        rows = self.synthesize(task, Journal(self.work_dir / "journal.jsonl"), report)
+        if not rows:
+            raise RuntimeError(
+                f"{self.METHOD}: no synthetic row survived the filters for task '{task.name}'.\n{report.summary()}\n"
+                "Fix: raise max_rounds, loosen the filter that dropped most rows, or use a stronger model. "
+                f"Finished batches are kept in {self.work_dir} and reused on the next run."
+            )
+        if len(rows) < self.config.num_examples:
+            logger.warning("%s: %d of the %d requested rows survived", self.METHOD, len(rows), self.config.num_examples)
+        headline = f"{self.METHOD} synthetic data for task '{task.name}': {len(rows)} rows"
+        print(f"{headline}\n{report.summary()}")
+        self.info.description = report.to_description(headline)
+        splits = [datasets.SplitGenerator(datasets.Split.TRAIN, gen_kwargs={"rows": [self._row(r) for r in rows]})]
+        if task.gold:
+            defaults = self.provenance_defaults()
+            gold = [self._row({"input": g.input, "output": g.output, **defaults}) for g in task.gold]
+            splits.append(datasets.SplitGenerator(datasets.Split.TEST, gen_kwargs={"rows": gold}))
+        return splits
+
+    def _generate_examples(self, rows):
+        yield from enumerate(rows)

@@ -1,0 +1,52 @@
+"""The seam between the data methods and whatever runs the language model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+@dataclass
+class SamplingParams:
+    """One generation request's knobs; `temperature=0` means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    n: int = 1
+    max_new_tokens: int = 64
+    stop: Sequence[str] = field(default_factory=tuple)
+    seed: Optional[int] = None
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut `text` at the earliest stop string (engines may overshoot by a few tokens)."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+class Engine(ABC):
+    """Generates text for a batch of prompts.
+
+    `generate` returns, for each prompt, `params.n` completions (prompt excluded, cut at stop strings).
+    `score` returns the summed log-probability of each continuation given its prompt; engines that
+    cannot compute it raise NotImplementedError and callers fall back to sampling.
+    """
+
+    name: str = "engine"
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]: ...
+
+    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations; use label_strategy='vote'")
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens in `texts`, for throughput reports; engines without a tokenizer estimate by words."""
+        return sum(len(t.split()) for t in texts)

@@ -1,0 +1,50 @@
+"""An append-only record of finished work units, so an interrupted build resumes without redoing or duplicating."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Journal:
+    """One JSON line per finished unit, keyed by a string the caller derives deterministically.
+
+    A unit is written only once complete and flushed to disk, so a kill at any moment loses at most
+    the unit in flight; a torn last line from such a kill is ignored on reload.
+    """
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._done: dict[str, Any] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._done[entry["key"]] = entry["value"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def get(self, key: str) -> Any:
+        return self._done[key]
+
+    def record(self, key: str, value: Any) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._done[key] = value
+
+    def run(self, key: str, fn):
+        """Return the recorded value for `key`, or compute it with `fn()` and record it."""
+        if key not in self._done:
+            self.record(key, fn())
+        return self._done[key]

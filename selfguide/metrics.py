@@ -1,0 +1,77 @@
+"""The paper's task metrics: exact match after label extraction, and token-level ROUGE-L."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Optional, Sequence
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, drop punctuation and articles, squeeze whitespace (SQuAD/NI normalisation)."""
+    text = _PUNCT.sub(" ", text.lower())
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
+    """The label whose normalised string occurs last in `text` (models often explain before answering)."""
+    norm = f" {normalize(text)} "
+    best, best_pos = None, -1
+    # Longer labels first so "not entailment" wins over "entailment" at the same position.
+    for label in sorted(labels, key=lambda s: -len(s)):
+        needle = f" {normalize(label)} "
+        pos = norm.rfind(needle)
+        if pos > best_pos:
+            best, best_pos = label, pos
+    return best
+
+
+def exact_match(prediction: str, reference: str, labels: Optional[Sequence[str]] = None) -> float:
+    if labels:
+        prediction = extract_label(prediction, labels) or prediction
+    return float(normalize(prediction) == normalize(reference))
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lowercase alphanumeric tokens."""
+    p, r = _tokens(prediction), _tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def metric_name(task_type: str) -> str:
+    return "exact_match" if task_type == "classification" else "rougeL"
+
+
+def task_score(task_type: str, predictions: Sequence[str], references: Sequence[str], labels=None) -> float:
+    """Mean metric on a 0-100 scale, as the paper reports it."""
+    if not references:
+        raise ValueError("references: no rows to score. Fix: give the task gold rows (a 'test' list or NI Instances)")
+    if task_type == "classification":
+        values = [exact_match(p, r, labels) for p, r in zip(predictions, references)]
+    else:
+        values = [rouge_l(p, r) for p, r in zip(predictions, references)]
+    return 100.0 * sum(values) / len(values)

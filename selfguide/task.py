@@ -1,0 +1,218 @@
+"""The task spec: an instruction, a few demonstrations, and (optionally) gold rows kept for evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+TaskType = Literal["classification", "generation"]
+TASK_TYPES = ("classification", "generation")
+
+
+class TaskSpecError(ValueError):
+    """A task spec is unusable. The message names the field and the fix."""
+
+    def __init__(self, field_name: str, problem: str, fix: str, source: Optional[str] = None):
+        where = f" in {source}" if source else ""
+        super().__init__(f"task field '{field_name}'{where}: {problem}. Fix: {fix}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Example:
+    input: str
+    output: str
+
+
+@dataclass
+class Task:
+    """What the user wants a model for.
+
+    `examples` are the demonstrations shown to synthesis and prompting; `gold` rows (NI `Instances`,
+    or a spec's `test` list) are held out for evaluation and never reach a synthesis prompt.
+    """
+
+    name: str
+    instruction: str
+    examples: list[Example]
+    type: TaskType
+    labels: Optional[list[str]] = None
+    gold: list[Example] = field(default_factory=list)
+    source: Optional[str] = None
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def is_classification(self) -> bool:
+        return self.type == "classification"
+
+    def validate(self) -> None:
+        src = self.source
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            raise TaskSpecError("instruction", "is missing or empty", "write one or two sentences saying what the model must do", src)
+        if not self.examples:
+            raise TaskSpecError("examples", "has no entries", "give at least one {input, output} demonstration", src)
+        if self.type not in TASK_TYPES:
+            raise TaskSpecError("type", f"is {self.type!r}", f"use one of {TASK_TYPES} or leave it out to infer it", src)
+        for i, ex in enumerate(self.examples):
+            if not ex.input.strip():
+                raise TaskSpecError(f"examples[{i}].input", "is empty", "give the demonstration's input text", src)
+            if not ex.output.strip():
+                raise TaskSpecError(f"examples[{i}].output", "is empty", "give the demonstration's expected output", src)
+        if self.is_classification:
+            if not self.labels:
+                raise TaskSpecError("labels", "is empty for a classification task", "list the label strings", src)
+            known = set(self.labels)
+            for field_name, rows in (("examples", self.examples), ("test", self.gold)):
+                for i, ex in enumerate(rows):
+                    if ex.output in known:
+                        continue
+                    raise TaskSpecError(
+                        f"{field_name}[{i}].output",
+                        f"is {ex.output!r}, which is not one of the labels {self.labels}",
+                        "add it to 'labels' or correct the row",
+                        src,
+                    )
+        elif self.labels:
+            raise TaskSpecError("labels", "is set for a generation task", "drop 'labels' or set type: classification", src)
+
+    def fingerprint(self) -> str:
+        """Content hash: the cache key of everything derived from this task."""
+        payload = json.dumps(
+            {k: v for k, v in asdict(self).items() if k != "source"}, sort_keys=True, ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "instruction": self.instruction,
+            "type": self.type,
+            "labels": self.labels,
+            "examples": [asdict(e) for e in self.examples],
+            "test": [asdict(e) for e in self.gold],
+        }
+
+    # -- constructors ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: Union["Task", dict, str, os.PathLike]) -> "Task":
+        """Build a task from a `Task`, a dict, or a path to a NI V2 task file / YAML / JSON spec."""
+        if isinstance(spec, Task):
+            return spec
+        if isinstance(spec, dict):
+            return cls.from_dict(spec)
+        if isinstance(spec, (str, os.PathLike)):
+            return cls.from_file(spec)
+        raise TaskSpecError("task", f"has type {type(spec).__name__}", "pass a path, a dict or a selfguide.Task")
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike]) -> "Task":
+        path = Path(path)
+        src = str(path)
+        if not path.is_file():
+            raise TaskSpecError("task", f"file {src} does not exist", "pass the path of a NI V2 task file or a YAML/JSON spec")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise TaskSpecError("task", f"file is not UTF-8 ({e.reason} at byte {e.start})", "re-save the file as UTF-8", src) from None
+        except OSError as e:
+            raise TaskSpecError("task", f"file cannot be read ({e.strerror})", "check the path and its permissions", src) from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:  # yaml and json raise different types; both mean "unparseable"
+            raise TaskSpecError("task", f"file cannot be parsed ({e})", "fix the YAML/JSON syntax", src) from None
+        if not isinstance(data, dict):
+            raise TaskSpecError("task", "file does not hold a mapping", "write a mapping with 'instruction' and 'examples'", src)
+        name = path.name.split(".")[0]
+        if "Definition" in data or "Positive Examples" in data:
+            return cls.from_natural_instructions(data, name=name, source=src)
+        return cls.from_dict(data, name=name, source=src)
+
+    @classmethod
+    def from_dict(cls, data: dict, name: Optional[str] = None, source: Optional[str] = None) -> "Task":
+        instruction = data.get("instruction")
+        if isinstance(instruction, list):
+            instruction = " ".join(instruction)
+        examples = _examples(data.get("examples"), "examples", source)
+        gold = _examples(data.get("test") or [], "test", source) if data.get("test") else []
+        labels = data.get("labels")
+        if labels is not None:
+            if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
+                raise TaskSpecError("labels", "must be a list of non-empty strings", "write e.g. labels: [yes, no]", source)
+        task_type = data.get("type") or infer_type(examples, gold, labels)
+        if task_type == "classification" and not labels:
+            labels = _label_set(examples, gold)
+        return cls(
+            name=str(data.get("name") or name or "task"),
+            instruction=(instruction or "").strip() if isinstance(instruction, str) else instruction,
+            examples=examples,
+            type=task_type,
+            labels=labels,
+            gold=gold,
+            source=source,
+        )
+
+    @classmethod
+    def from_natural_instructions(cls, data: dict, name: str, source: Optional[str] = None) -> "Task":
+        """A Natural Instructions V2 task file: Definition, Positive Examples, Instances."""
+        definition = data.get("Definition")
+        instruction = " ".join(definition) if isinstance(definition, list) else definition
+        examples = _examples(data.get("Positive Examples"), "Positive Examples", source)
+        gold = []
+        for i, inst in enumerate(data.get("Instances") or []):
+            outputs = inst.get("output")
+            output = outputs[0] if isinstance(outputs, list) and outputs else outputs
+            if isinstance(inst.get("input"), str) and isinstance(output, str):
+                gold.append(Example(inst["input"], output))
+        task_type = infer_type(examples, gold, None)
+        labels = _label_set(examples, gold) if task_type == "classification" else None
+        return cls(name=name, instruction=instruction or "", examples=examples, type=task_type, labels=labels, gold=gold, source=source)
+
+
+def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]:
+    if raw is None:
+        raise TaskSpecError(field_name, "is missing", "add a list of {input, output} demonstrations", source)
+    if not isinstance(raw, list):
+        raise TaskSpecError(field_name, "is not a list", "write a list of {input, output} mappings", source)
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise TaskSpecError(f"{field_name}[{i}]", "is not a mapping", "write {input: ..., output: ...}", source)
+        for key in ("input", "output"):
+            if key not in item or item[key] is None:
+                raise TaskSpecError(f"{field_name}[{i}].{key}", "is missing", f"add the '{key}' text", source)
+        out.append(Example(str(item["input"]), str(item["output"])))
+    return out
+
+
+def _label_set(examples: list[Example], gold: list[Example]) -> list[str]:
+    counts = Counter(e.output for e in examples + gold)
+    return sorted(counts)
+
+
+def infer_type(examples: list[Example], gold: list[Example], labels: Optional[list[str]]) -> TaskType:
+    """Classification when outputs come from a small closed set of short strings."""
+    if labels:
+        return "classification"
+    rows = examples + gold
+    if not rows:
+        return "generation"
+    outputs = [e.output.strip() for e in rows]
+    distinct = set(outputs)
+    short = all(len(o.split()) <= 3 for o in outputs)
+    if gold:
+        # Many rows and few distinct answers is the signature of a label set.
+        return "classification" if short and len(distinct) <= min(20, max(2, len(rows) // 5)) else "generation"
+    return "classification" if short and len(distinct) < len(outputs) else "generation"
