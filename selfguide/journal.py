@@ -12,7 +12,7 @@ class Journal:
     """One JSON line per finished unit, keyed by a string the caller derives deterministically.
 
     A unit is written only once complete and flushed to disk, so a kill at any moment loses at most
-    the unit in flight; a torn last line from such a kill is ignored on reload.
+    the unit in flight.
     """
 
     def __init__(self, path: os.PathLike | str):
@@ -20,11 +20,14 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._done: dict[str, Any] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # A kill mid-write leaves a torn last line; cut it, or the next record would be glued to it.
+                data = data[: data.rfind(b"\n") + 1]
+                with self.path.open("r+b") as f:
+                    f.truncate(len(data))
+            for line in data.decode("utf-8").splitlines():
+                entry = json.loads(line)
                 self._done[entry["key"]] = entry["value"]
 
     def __contains__(self, key: str) -> bool:

@@ -18,15 +18,17 @@ def normalize(text: str) -> str:
 
 
 def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
-    """The label whose normalised string occurs last in `text` (models often explain before answering)."""
+    """The label whose normalised string ends last in `text` (models often explain before answering).
+
+    Comparing end positions, then lengths, lets "not entailment" win over the "entailment" inside it.
+    """
     norm = f" {normalize(text)} "
-    best, best_pos = None, -1
-    # Longer labels first so "not entailment" wins over "entailment" at the same position.
-    for label in sorted(labels, key=lambda s: -len(s)):
+    best, best_key = None, (-1, -1)
+    for label in labels:
         needle = f" {normalize(label)} "
         pos = norm.rfind(needle)
-        if pos > best_pos:
-            best, best_pos = label, pos
+        if pos != -1 and (pos + len(needle), len(needle)) > best_key:
+            best, best_key = label, (pos + len(needle), len(needle))
     return best
 
 

@@ -1,0 +1,71 @@
+"""`selfguide` on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .task import TaskSpecError
+
+
+def _knob(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def generate(args: argparse.Namespace) -> int:
+    from datasets import load_dataset
+
+    import selfguide  # noqa: F401  (registers the builders)
+
+    from .report import filter_report
+
+    kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **dict(args.set))
+    if args.model:
+        kwargs["model"] = args.model
+    if args.cache_dir:
+        kwargs["cache_dir"] = args.cache_dir
+    dataset = load_dataset(args.method, **kwargs)
+    out = Path(args.output_dir)
+    dataset.save_to_disk(str(out / "dataset"))
+    for split, ds in dataset.items():
+        ds.to_json(str(out / f"{split}.jsonl"), lines=True, force_ascii=False)
+    report = filter_report(dataset)
+    (out / "filter_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    print(f"\n{len(dataset['train'])} training rows written to {out}\n{report.summary()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfguide", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="synthesize a training set for a task")
+    gen.add_argument("task", help="NI V2 task file, or a YAML/JSON spec {instruction, examples, labels?, type?}")
+    gen.add_argument("--model", help="Hub id, local folder or .gguf file (default: the embedded Gemma 3 270M)")
+    gen.add_argument("--num-examples", type=int, default=64)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--output-dir", required=True)
+    gen.add_argument("--method", choices=["selfguide"], default="selfguide")
+    gen.add_argument("--cache-dir", help="datasets cache directory (default: HF_DATASETS_CACHE)")
+    gen.add_argument("--set", type=_knob, action="append", default=[], metavar="KEY=VALUE", help="any builder config knob, e.g. --set max_rounds=5")
+    gen.set_defaults(func=generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (TaskSpecError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Stage (a): the student writes new task inputs, prompted with the gold inputs and its own earlier ones.
+
+The prompt is a document for a base model to continue: a header naming the task, then numbered
+examples (the gold inputs, called high-quality in the paper, mixed in shuffled order with up to
+ten earlier generations, the low-quality ones), and finally an open example slot. For classification
+every example carries its answer and the open slot names a target label, so the student writes an
+input for that label. Keeping the instruction in a header, away from the slot, stops it leaking
+into the generated text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..engines import Engine, SamplingParams
+from ..task import Example, Task
+
+SLOT_MARKER = "### Example"
+INPUT_STOP = ("\n###", "\n\n\n")
+
+
+@dataclass(frozen=True)
+class InputCandidate:
+    text: str
+    target_label: Optional[str]
+
+
+def _slot(number: int, label: Optional[str]) -> str:
+    return f"{SLOT_MARKER} {number}" + (f" (answer: {label})" if label is not None else "")
+
+
+def build_input_prompt(
+    task: Task,
+    low_quality: Sequence[Example],
+    target_label: Optional[str],
+    rng: random.Random,
+) -> str:
+    shots = list(task.examples) + list(low_quality)
+    rng.shuffle(shots)
+    with_label = task.is_classification
+    parts = [f"Task: {task.instruction.strip()}\nBelow are example inputs for this task."]
+    for i, ex in enumerate(shots, start=1):
+        parts.append(f"{_slot(i, ex.output if with_label else None)}\n{ex.input.strip()}")
+    parts.append(f"{_slot(len(shots) + 1, target_label)}\n")
+    return "\n\n".join(parts)
+
+
+def draw_target_label(labels: Sequence[str], counts: dict[str, int], cap: int, rng: random.Random) -> str:
+    """A label drawn at random, weighted towards classes still short of their share."""
+    weights = [max(cap - counts.get(label, 0), 0) + 1e-3 for label in labels]
+    return rng.choices(list(labels), weights=weights, k=1)[0]
+
+
+def input_max_new_tokens(engine: Engine, task: Task, slack: float = 1.5, floor: int = 16) -> int:
+    longest = max(engine.count_tokens([ex.input]) for ex in task.examples)
+    return max(floor, int(longest * slack) + 8)
+
+
+def generate_inputs(
+    engine: Engine,
+    prompts: list[str],
+    targets: list[Optional[str]],
+    params: SamplingParams,
+) -> list[InputCandidate]:
+    outputs = engine.generate(prompts, params)
+    return [InputCandidate(text, target) for samples, target in zip(outputs, targets) for text in samples]

@@ -1,0 +1,178 @@
+"""SELF-GUIDE end to end: rounds of (a) input generation, (b) input filters, (c) output annotation and
+(d) class balancing or output filters, until `num_examples` rows survive or `max_rounds` is spent.
+
+Only model calls are journaled. Everything between them (prompt building, filters, votes) is cheap
+and deterministic given the journal, so a resumed run replays it and lands in exactly the state the
+interrupted run had: no batch is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Optional
+
+from datasets.utils import tqdm
+
+from ..engines import Engine, SamplingParams
+from ..journal import Journal
+from ..prompts import OUTPUT_STOP
+from ..report import FilterReport
+from ..task import Example, Task
+from .class_balance import class_cap, class_counts, downsample_to_smallest, to_label
+from .input_filters import DEFAULT_NOISE_PATTERNS, InputFilter
+from .input_generation import INPUT_STOP, InputCandidate, build_input_prompt, draw_target_label, input_max_new_tokens
+from .label_calibration import label_by_likelihood
+from .output_annotation import Annotation, sample_outputs, vote
+from .output_filters import OutputFilter
+
+
+def _seed(*parts) -> int:
+    return random.Random(":".join(map(str, parts))).randrange(2**31)
+
+
+class SelfGuidePipeline:
+    """`config` carries the knobs: a `SelfGuideConfig` (see builders/selfguide.py) or anything alike."""
+
+    def __init__(self, task: Task, engine: Engine, config, journal: Journal, report: FilterReport, progress: bool = True):
+        self.task, self.engine, self.cfg, self.journal, self.report = task, engine, config, journal, report
+        self.progress = progress
+        cfg = config
+        self.labels = task.labels if task.is_classification else None
+        self.cap = class_cap(cfg.num_examples, self.labels) if self.labels and cfg.balance != "none" else None
+        self.input_filter = InputFilter(
+            gold_inputs=[e.input for e in task.examples],
+            instruction=task.instruction,
+            std_factor=cfg.length_std_factor,
+            length_floor=cfg.length_window_floor,
+            noise_patterns=DEFAULT_NOISE_PATTERNS + tuple(cfg.extra_noise_patterns),
+            check_format=cfg.format_check,
+            near_duplicate_threshold=cfg.near_duplicate_threshold,
+        )
+        self.output_filter = (
+            None
+            if self.labels
+            else OutputFilter(
+                task.examples,
+                std_factor=cfg.length_std_factor,
+                length_floor=cfg.length_window_floor,
+                check_length=cfg.output_length_filter,
+                copy_threshold=cfg.copy_threshold,
+            )
+        )
+        temperature = cfg.temperature if cfg.temperature is not None else (0.7 if self.labels else 0.9)
+        self.input_params = SamplingParams(
+            temperature=temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            n=cfg.inputs_per_prompt,
+            max_new_tokens=cfg.input_max_new_tokens or input_max_new_tokens(engine, task),
+            stop=INPUT_STOP,
+        )
+        longest_output = max(engine.count_tokens([e.output]) for e in task.examples)
+        self.output_params = SamplingParams(
+            temperature=cfg.annotation_temperature,
+            top_k=cfg.top_k,
+            n=cfg.annotation_samples,
+            max_new_tokens=cfg.output_max_new_tokens or int(longest_output * 1.5) + 8,
+            stop=OUTPUT_STOP,
+        )
+
+    # -- one batch ---------------------------------------------------------------------------------
+
+    def _prompts(self, rng: random.Random, size: int, rows: list[dict]) -> tuple[list[str], list[Optional[str]]]:
+        cfg = self.cfg
+        counts = class_counts(rows) if self.labels else {}
+        prompts, targets = [], []
+        for _ in range(size):
+            k = min(len(rows), rng.randint(cfg.min_low_quality, cfg.max_low_quality))
+            low = [Example(r["input"], r["output"]) for r in rng.sample(rows, k)]
+            target = draw_target_label(self.labels, counts, self.cap or cfg.num_examples, rng) if self.labels else None
+            prompts.append(build_input_prompt(self.task, low, target, rng))
+            targets.append(target)
+        return prompts, targets
+
+    def _annotate(self, inputs: list[str], seed: int) -> list[Annotation]:
+        if self.labels and self.cfg.label_strategy == "likelihood":
+            return label_by_likelihood(self.engine, self.task, inputs, seed, calibrate=self.cfg.calibrate)
+        params = SamplingParams(**{**vars(self.output_params), "seed": seed})
+        samples = sample_outputs(self.engine, self.task, inputs, params)
+        to_answer = (lambda s: to_label(s, self.labels)) if self.labels else (lambda s: s.strip() or None)
+        return [vote(s, self.cfg.min_majority, to_answer) for s in samples]
+
+    def _batch(self, key: str, rng: random.Random, size: int, rows: list[dict], round_index: int) -> list[dict]:
+        prompts, targets = self._prompts(rng, size, rows)
+        params = SamplingParams(**{**vars(self.input_params), "seed": _seed(self.cfg.seed, key, "inputs")})
+        texts = self.journal.run(f"inputs/{key}", lambda: self.engine.generate(prompts, params))
+        candidates = [InputCandidate(t, target) for samples, target in zip(texts, targets) for t in samples]
+        self.report.add("input_generation", len(prompts), len(candidates))
+
+        kept, drops = [], {}
+        for c in candidates:
+            reason = self.input_filter.accept(c.text)
+            if reason:
+                drops[reason] = drops.get(reason, 0) + 1
+            else:
+                kept.append(c.text.strip())
+        self.report.add("input_filters", len(candidates), len(kept), drops)
+        if not kept:
+            return []
+
+        seed = _seed(self.cfg.seed, key, "outputs")
+        raw = self.journal.run(f"outputs/{key}", lambda: [vars(a) for a in self._annotate(kept, seed)])
+        annotations = [Annotation(**a) for a in raw]
+        annotated, drops = [], {}
+        for text, a in zip(kept, annotations):
+            if a.output is None:
+                drops[a.reason] = drops.get(a.reason, 0) + 1
+            else:
+                annotated.append({"input": text, "output": a.output, "round": round_index, "votes": a.votes, "agreement": a.agreement})
+        self.report.add("output_annotation", len(kept), len(annotated), drops)
+        return self._post_filter(annotated, rows)
+
+    def _post_filter(self, annotated: list[dict], rows: list[dict]) -> list[dict]:
+        accepted, drops = [], {}
+        counts = class_counts(rows) if self.labels else None
+        for row in annotated:
+            if self.labels:
+                reason = "class_full" if self.cap and counts[row["output"]] >= self.cap else None
+            else:
+                reason = self.output_filter.reason_to_drop(row["input"], row["output"])
+            if reason:
+                drops[reason] = drops.get(reason, 0) + 1
+                continue
+            accepted.append(row)
+            if counts is not None:
+                counts[row["output"]] += 1
+        self.report.add("class_balance" if self.labels else "output_filters", len(annotated), len(accepted), drops)
+        return accepted
+
+    # -- the rounds --------------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        rows: list[dict] = []
+        bar = tqdm(total=cfg.num_examples, desc="SELF-GUIDE rows", unit="row", disable=not self.progress)
+        for r in range(cfg.max_rounds):
+            need = cfg.num_examples - len(rows)
+            if need <= 0:
+                break
+            n_prompts = math.ceil(need * cfg.oversample / cfg.inputs_per_prompt)
+            batches = math.ceil(n_prompts / cfg.prompts_per_batch)
+            for b in tqdm(range(batches), desc=f"round {r + 1}/{cfg.max_rounds}", leave=False, disable=not self.progress):
+                if len(rows) >= cfg.num_examples:
+                    break
+                size = min(cfg.prompts_per_batch, n_prompts - b * cfg.prompts_per_batch)
+                rng = random.Random(_seed(cfg.seed, r, b, "prompts"))
+                new = self._batch(f"r{r}/b{b}", rng, size, rows, r)
+                rows.extend(new)
+                bar.update(min(len(new), max(0, cfg.num_examples - bar.n)))
+        bar.close()
+        if self.labels and cfg.balance == "downsample" and rows:
+            balanced = downsample_to_smallest(rows, cfg.seed)
+            self.report.add("downsample", len(rows), len(balanced), {"class_balance": len(rows) - len(balanced)})
+            rows = balanced
+        if len(rows) > cfg.num_examples:
+            self.report.add("final", len(rows), cfg.num_examples, {"over_budget": len(rows) - cfg.num_examples})
+            rows = rows[: cfg.num_examples]
+        return rows

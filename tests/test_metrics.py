@@ -1,0 +1,22 @@
+from selfguide.metrics import exact_match, extract_label, rouge_l, task_score
+
+
+def test_extract_label_takes_the_last_label_and_prefers_longer():
+    assert extract_label("It is positive... no wait, negative.", ["positive", "negative"]) == "negative"
+    assert extract_label("Answer: not entailment", ["entailment", "not entailment"]) == "not entailment"
+    assert extract_label("no idea", ["yes", "maybe"]) is None
+
+
+def test_exact_match_normalises():
+    assert exact_match("The answer is: Yes!", "yes", labels=["yes", "no"]) == 1.0
+    assert exact_match("yes", "no") == 0.0
+
+
+def test_rouge_l():
+    assert rouge_l("the cat sat", "the cat sat") == 1.0
+    assert rouge_l("", "x") == 0.0
+    assert abs(rouge_l("a b c d", "a c") - 2 * (0.5 * 1.0) / 1.5) < 1e-9
+
+
+def test_task_score_scale():
+    assert task_score("classification", ["yes", "no"], ["yes", "yes"], ["yes", "no"]) == 50.0

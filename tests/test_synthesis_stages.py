@@ -1,0 +1,109 @@
+"""Each SELF-GUIDE stage on its own; the model calls use the tiny random model."""
+
+import random
+
+import pytest
+
+from selfguide import Task
+from selfguide.engines import SamplingParams, TransformersEngine
+from selfguide.synthesis.class_balance import class_cap, downsample_to_smallest, to_label
+from selfguide.synthesis.input_filters import InputFilter, length_window, required_markers
+from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label, generate_inputs
+from selfguide.synthesis.label_calibration import label_by_likelihood
+from selfguide.synthesis.output_annotation import vote
+from selfguide.synthesis.output_filters import OutputFilter
+from selfguide.task import Example
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return TransformersEngine.from_pretrained(str(tiny_model_dir), dtype="float32", batch_size=4)
+
+
+def test_input_prompt_is_a_document_ending_in_the_target_slot(sentiment_task_dict):
+    task = Task.load(sentiment_task_dict)
+    low = [Example("So-so movie, decent ending.", "positive")]
+    prompt = build_input_prompt(task, low, "negative", random.Random(0))
+    assert prompt.rstrip().endswith(f"{SLOT_MARKER} 6 (answer: negative)")
+    for ex in task.examples + low:
+        assert ex.input in prompt
+    for gold in task.gold:
+        assert gold.input not in prompt
+    orders = {build_input_prompt(task, low, "negative", random.Random(s)) for s in range(5)}
+    assert len(orders) > 1, "example order must be shuffled per prompt"
+
+
+def test_target_labels_favour_short_classes():
+    rng = random.Random(0)
+    draws = [draw_target_label(["a", "b"], {"a": 10, "b": 0}, 10, rng) for _ in range(50)]
+    assert draws.count("b") >= 49
+
+
+def test_engine_is_seeded_and_honours_stop_strings(engine):
+    params = SamplingParams(temperature=0.9, top_k=40, n=3, max_new_tokens=12, stop=("e",), seed=7)
+    a = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], params)
+    b = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], params)
+    assert [c.text for c in a] == [c.text for c in b] and len(a) == 6
+    assert all("e" not in c.text for c in a)
+    other = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], SamplingParams(**{**vars(params), "seed": 8}))
+    assert [c.text for c in other] != [c.text for c in a]
+
+
+def test_length_window_has_a_floor():
+    low, high = length_window([100, 101, 102], std_factor=2.0, floor=0.5)
+    assert (low, high) == (50.5, 151.5)
+    low, high = length_window([50, 150], std_factor=2.0, floor=0.1)
+    assert (low, high) == (0.0, 200.0)
+
+
+def test_input_filter_reasons():
+    gold = ["Sentence 1: A cat sleeps. Sentence 2: An animal rests.", "Sentence 1: Kids play ball. Sentence 2: Children are outside."]
+    f = InputFilter(gold_inputs=gold, instruction="Decide whether the two sentences agree with each other or not at all.")
+    assert required_markers(gold) == {"Sentence 1", "Sentence 2"}
+    assert f.accept("   ") == "empty"
+    assert f.accept("x") == "length"
+    assert f.accept("Hello! Sentence 1: A dog barks. Sentence 2: It is loud.") == "noise"
+    assert f.accept("Sentence 1: A dog barks. Output: yes Sentence 2: Loud.") == "noise"
+    assert f.accept("Decide whether the two sentences agree with each other or not at all, ok") == "instruction_leak"
+    assert f.accept("A dog barks loudly at the mailman every single day.") == "format"
+    assert f.accept(gold[0]) == "duplicate"
+    ok = "Sentence 1: A man rides a red bike. Sentence 2: Someone is cycling."
+    assert f.accept(ok) is None
+    assert f.accept("Sentence 1: a MAN rides a red bike.  Sentence 2: someone is cycling") == "duplicate"
+    assert f.accept("Sentence 1: A man rides a red bike. Sentence 2: Someone is cycling!!") == "duplicate"
+    assert f.accept("Sentence 1: A man rides a red bike. Sentence 2: Someone is cycling fast.") == "near_duplicate"
+
+
+def test_vote_majority_threshold_and_ties():
+    assert vote(["yes", "yes", "no"], 0.3).output == "yes"
+    tie = vote(["the long answer", "short", "x y z w"], 0.3)
+    assert tie.output == "short" and tie.votes == 1
+    assert vote(["a", "b", "c", "d", "e"], 0.3).reason == "no_majority"
+    mapped = vote(["I think yes", "nope", "YES."], 0.3, lambda s: to_label(s, ["yes", "no"]))
+    assert mapped.output == "yes" and mapped.votes == 2 and abs(mapped.agreement - 2 / 3) < 1e-9
+    assert vote(["", " "], 0.3).reason == "no_answer"
+
+
+def test_likelihood_labels_are_valid_and_calibration_changes_scores(engine, sentiment_task_dict):
+    task = Task.load(sentiment_task_dict)
+    inputs = ["Loved it.", "Hated it.", "Fine film.", "Awful."]
+    plain = label_by_likelihood(engine, task, inputs, seed=0, calibrate=False)
+    calibrated = label_by_likelihood(engine, task, inputs, seed=0, calibrate=True)
+    assert all(a.output in task.labels and 0.5 <= a.agreement <= 1.0 for a in plain + calibrated)
+    assert [a.agreement for a in plain] != [a.agreement for a in calibrated]
+
+
+def test_class_balance():
+    assert class_cap(10, ["a", "b", "c"]) == 4
+    rows = [{"output": "a"}] * 5 + [{"output": "b"}] * 2
+    out = downsample_to_smallest([dict(r, i=i) for i, r in enumerate(rows)], seed=0)
+    assert sorted(r["output"] for r in out) == ["a", "a", "b", "b"]
+
+
+def test_output_filter_copies_and_length(rewrite_task_dict):
+    task = Task.load(rewrite_task_dict)
+    f = OutputFilter(task.examples)
+    assert f.reason_to_drop("The boy kicked the ball.", "The boy kicked the ball.") == "copies_input"
+    assert f.reason_to_drop("The boy kicked the ball.", "") == "empty_output"
+    assert f.reason_to_drop("The boy kicked the ball.", "x" * 500) == "output_length"
+    assert f.reason_to_drop("The boy kicked the ball.", "The ball was kicked by the boy.") is None

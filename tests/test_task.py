@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from selfguide import Task, TaskSpecError
+from tests.conftest import FIXTURES
+
+
+def test_yaml_spec_infers_classification_and_keeps_gold_apart(tmp_path, sentiment_task_dict):
+    import yaml
+
+    spec = dict(sentiment_task_dict)
+    spec.pop("labels")
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    task = Task.load(path)
+    assert task.type == "classification"
+    assert task.labels == ["negative", "positive"]
+    assert len(task.gold) == 4 and all(g not in task.examples for g in task.gold)
+
+
+def test_generation_inferred_from_free_text(rewrite_task_dict):
+    task = Task.load(rewrite_task_dict)
+    assert task.type == "generation" and task.labels is None
+
+
+def test_natural_instructions_file(tmp_path):
+    ni = {
+        "Definition": ["Answer yes or no."],
+        "Positive Examples": [{"input": "Is fire hot?", "output": "yes", "explanation": "."}],
+        "Instances": [{"id": str(i), "input": f"q{i}", "output": ["yes" if i % 2 else "no"]} for i in range(20)],
+    }
+    path = tmp_path / "task999_demo.json"
+    path.write_text(json.dumps(ni))
+    task = Task.load(path)
+    assert task.name == "task999_demo"
+    assert task.type == "classification" and task.labels == ["no", "yes"]
+    assert len(task.gold) == 20
+
+
+def test_fingerprint_follows_content_not_path(tmp_path, sentiment_task_dict):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(sentiment_task_dict))
+    b.write_text(json.dumps(sentiment_task_dict))
+    assert Task.load(a).fingerprint() == Task.load(b).fingerprint()
+    changed = dict(sentiment_task_dict, instruction="Something else.")
+    assert Task.load(changed).fingerprint() != Task.load(a).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.pop("instruction"), "instruction"),
+        (lambda d: d.update(examples=[]), "examples"),
+        (lambda d: d["examples"][0].pop("output"), "examples[0].output"),
+        (lambda d: d["examples"][1].update(output="neutral"), "examples[1].output"),
+        (lambda d: d.update(type="regression"), "type"),
+    ],
+)
+def test_bad_specs_name_the_field(sentiment_task_dict, mutate, field):
+    mutate(sentiment_task_dict)
+    with pytest.raises(TaskSpecError) as err:
+        Task.load(sentiment_task_dict)
+    assert err.value.field == field
+    assert "Fix:" in str(err.value)
+
+
+def test_unreadable_files(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("instruction: caf\xe9".encode("latin-1"))
+    with pytest.raises(TaskSpecError, match="not UTF-8"):
+        Task.load(latin)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(TaskSpecError, match="cannot be parsed"):
+        Task.load(broken)
+    with pytest.raises(TaskSpecError, match="does not exist"):
+        Task.load(tmp_path / "missing.yaml")
+
+
+def test_fixture_files_load():
+    for path in FIXTURES.glob("*_task.json"):
+        assert Task.load(path).examples
