@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from selfguide.student import resolve_dtype, resolve_student
+
+
+def test_local_folder_and_hub_id_pass_through(tiny_model_dir):
+    assert resolve_student(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert resolve_student("org/some-model") == "org/some-model"
+
+
+def test_bad_model_paths_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file .* does not exist"):
+        resolve_student(str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_student(str(tmp_path))
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("float32") is torch.float32
+    assert resolve_dtype("auto") in (torch.float32, torch.bfloat16, torch.float16)
+
+
+_CONVERT = "from selfguide.student import resolve_student; print(resolve_student(None))"
+
+
+@pytest.mark.slow
+def test_two_processes_convert_the_embedded_student_once(tmp_path):
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path / "hf")}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONVERT], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0].strip().splitlines()[-1] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and outs[0].startswith(str(tmp_path / "hf" / "selfguide" / "models"))
+    models = tmp_path / "hf" / "selfguide" / "models"
+    assert [p.name for p in models.iterdir() if p.is_dir()] == [outs[0].rsplit("/", 1)[1]], "no temporary folder left behind"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(outs[0])
+    assert not getattr(model, "is_quantized", False) and model.config.model_type.startswith("gemma3")
