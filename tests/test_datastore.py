@@ -1,0 +1,244 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import numpy as np
+import pytest
+from tests.rebase_support import FIXTURES, fixture_store
+
+import selfguide.rebase.datastore as ds_module
+from selfguide.rebase import Datastore, DatastoreError, Source, build_datastore
+from selfguide.rebase.datastore import embed, evenly_spaced, text_columns
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return fixture_store(tmp_path_factory.getbasetemp())
+
+
+def _rows(store, dataset):
+    return [r for r in store.rows if r["dataset"] == dataset]
+
+
+def _source(store, dataset):
+    return next(s for s in store.sources if s["dataset"] == dataset)
+
+
+def test_every_source_kind_lands_with_its_provenance(store):
+    datasets_in_store = {s["dataset"] for s in store.sources}
+    assert datasets_in_store == {"imdb_small", "movie_sentiment", "recipes", "trivia", "news_topics"}
+    assert len(store) == 14 + 6 + 6 + 6
+
+    review = next(r for r in _rows(store, "imdb_small") if r["row_id"] == "r07")
+    assert (review["split"], review["license"]) == ("test", "IMDb terms of use")
+    assert json.loads(review["content"]) == {
+        "text": "A moving, beautifully directed film that stays with you.",
+        "label": "positive",
+    }
+
+    recipe = _rows(store, "recipes")[2]
+    assert recipe["row_id"] == "2"  # no id column: the row's position in the file
+    assert json.loads(recipe["content"])["servings"] == 4  # numbers stay in the row ...
+    assert recipe["cell_columns"] == ["title", "ingredients", "steps"]  # ... but are not embedded
+
+    trivia = _rows(store, "trivia")[0]
+    assert json.loads(trivia["content"]) == {"question": "What is the capital of Australia?", "answer": "Canberra"}
+
+    news = _rows(store, "news_topics")
+    assert json.loads(news[1]["content"])["topic"] == "sports"  # class ids become their names
+    assert "sports" in store.text(news[1]["cell_ids"])
+    assert _source(store, "news_topics")["license"] == "CC-BY-4.0"
+
+
+def test_each_dataset_has_a_description_and_constant_columns_join_it(store):
+    imdb = _source(store, "imdb_small")
+    assert "task_type: sentiment" in imdb["description"]
+    # A value shared by every row describes the dataset and is not embedded as a cell of each row.
+    assert all("task_type" not in r["cell_columns"] for r in _rows(store, "imdb_small"))
+    assert _source(store, "news_topics")["description"].startswith("news_topics. News headlines labelled")
+    assert imdb["num_rows"] == 11
+
+
+def test_distinct_texts_are_embedded_once_with_unit_vectors(store):
+    texts = store.texts["text"]
+    assert len(texts) == len(set(texts))
+    assert texts.count("negative") == 1
+    vectors = store.text_embeddings()
+    assert vectors.shape == (len(texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(vectors[:3], embed(texts[:3]), atol=1e-5)
+
+
+def test_index_is_saved_with_the_datastore_and_reloads_without_embedding(store, monkeypatch):
+    query = embed(["a film with great acting"])
+    before = store.search(query, 5)
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("loading a datastore must not embed anything")
+
+    monkeypatch.setattr(ds_module, "embed", no_embedding)
+    reloaded = Datastore.load(store.path)
+    index = reloaded.texts.get_index(Datastore.INDEX).faiss_index
+    assert type(index).__name__ == "IndexHNSWFlat" and index.ntotal == len(reloaded.texts)
+    after = reloaded.search(query, 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    assert reloaded.fingerprint == store.fingerprint
+
+
+def test_save_copies_a_datastore_that_loads_elsewhere(store, tmp_path):
+    store.save(tmp_path / "copy")
+    copy = Datastore.load(tmp_path / "copy")
+    assert len(copy) == len(store) and copy.fingerprint == store.fingerprint
+    assert (tmp_path / "copy" / "COMPLETE").read_text() == store.fingerprint
+
+
+def test_max_rows_per_config_keeps_evenly_spaced_rows(tmp_path):
+    rows = [{"id": f"q{i}", "question": f"Question number {i} about the weather?", "answer": f"answer {i}"} for i in range(20)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    store = build_datastore(path, tmp_path / "store", max_rows_per_config=4, index_factory="Flat")
+    assert store.rows["row_id"] == ["q0", "q5", "q10", "q15"]
+    assert store.meta["index_factory"] == "Flat"
+
+
+def test_evenly_spaced_reads_no_further_than_needed():
+    def stream():
+        i = 0
+        while True:  # an endless stream: stopping early is the only way this test ends
+            yield i
+            i += 1
+
+    assert [p for p, _ in evenly_spaced(stream(), 100, 4)] == [0, 25, 50, 75]
+    assert [v for _, v in evenly_spaced(stream(), None, 3)] == [0, 1, 2]
+    assert list(evenly_spaced(iter("abc"), 3, 10)) == [(0, "a"), (1, "b"), (2, "c")]
+
+
+def test_hub_configs_without_text_or_too_large_are_skipped_with_a_reason():
+    images = datasets.DatasetInfo(features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    assert "no text column" in ds_module._hub_skip_reason(images, 10**9)
+    huge = datasets.DatasetInfo(features=datasets.Features({"text": datasets.Value("string")}), dataset_size=8 * 10**9)
+    assert ds_module._hub_skip_reason(huge, 5 * 10**9).startswith("huge (8.0 GB")
+    fine = datasets.DatasetInfo(features=datasets.Features({"text": datasets.Value("string")}), dataset_size=10**6)
+    assert ds_module._hub_skip_reason(fine, 5 * 10**9) is None
+
+
+def test_text_columns_see_through_labels_and_nesting():
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "answers": {"text": datasets.List(datasets.Value("string")), "answer_start": datasets.List(datasets.Value("int32"))},
+            "label": datasets.ClassLabel(names=["a", "b"]),
+            "score": datasets.Value("float32"),
+        }
+    )
+    assert text_columns(features) == ["context", "answers", "label"]
+
+
+def test_unknown_hub_id_is_a_clear_error(tmp_path):
+    # With the Hub reachable the id does not exist; without it the lookup fails: both name the id.
+    with pytest.raises(DatastoreError, match="selfguide-tests/no-such-dataset-4f1c"):
+        build_datastore("selfguide-tests/no-such-dataset-4f1c", tmp_path / "store")
+    assert not (tmp_path / "store" / "COMPLETE").exists()
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("numbers.csv", "a,b\n1,2\n3,4\n", "no text column among \\['a', 'b'\\]"),
+        ("empty.jsonl", "\n", "has no rows"),
+        ("broken.jsonl", '{"text": "fine"}\n{"text": oops}\n', "line 2 is not valid JSON"),
+        ("scalar.json", '{"text": "one object"}', "array of objects"),
+    ],
+)
+def test_unusable_files_are_clear_errors(tmp_path, name, text, match):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatastoreError, match=match):
+        build_datastore(tmp_path / name, tmp_path / "store")
+
+
+def test_bad_source_specs_are_clear_errors(tmp_path):
+    with pytest.raises(DatastoreError, match="no such file"):
+        build_datastore(tmp_path / "missing.jsonl", tmp_path / "store")
+    with pytest.raises(DatastoreError, match="neither an existing file nor a Hub dataset id"):
+        build_datastore("not a dataset id!", tmp_path / "store")
+    with pytest.raises(DatastoreError, match="none given"):
+        build_datastore([], tmp_path / "store")
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("mine")
+    with pytest.raises(DatastoreError, match="is not a datastore"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "occupied")
+
+
+def test_loading_a_missing_or_foreign_folder_says_what_to_do(tmp_path):
+    with pytest.raises(DatastoreError, match="no such folder.*build_datastore"):
+        Datastore.load(tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DatastoreError, match="incomplete \\(it is not a datastore\\)"):
+        Datastore.load(tmp_path / "plain")
+
+
+_BUILD_SCRIPT = """
+import sys
+from selfguide.rebase import build_datastore
+build_datastore([sys.argv[1], sys.argv[2]], sys.argv[3], chunk_size=1)
+"""
+
+
+def test_interrupted_build_is_never_taken_as_whole_and_resumes(tmp_path, monkeypatch):
+    sources = [str(FIXTURES / "reviews.jsonl"), str(FIXTURES / "recipes.csv")]
+    target = tmp_path / "store"
+    chunks = target / ".build" / "embeddings"
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, *sources, str(target)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(chunks.glob("*[0-9].npy"))) < 3:
+            assert proc.poll() is None, "the build ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the build never got to embedding"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done_before = len(list(chunks.glob("*[0-9].npy")))
+    assert not (target / "COMPLETE").exists()
+    with pytest.raises(DatastoreError, match="incomplete \\(its build was interrupted\\)"):
+        Datastore.load(target)
+
+    embedded = []
+    real_embed = ds_module.embed
+
+    def counting_embed(texts, *args, **kwargs):
+        embedded.extend(texts)
+        return real_embed(texts, *args, **kwargs)
+
+    monkeypatch.setattr(ds_module, "embed", counting_embed)
+    store = build_datastore(sources, target, chunk_size=1)
+    texts = store.texts["text"]
+    descriptions = store.sources["description"]
+    # Only the chunks the killed run had not finished were embedded again (plus the descriptions).
+    assert len(embedded) == len(texts) - done_before + len(descriptions)
+    np.testing.assert_allclose(store.text_embeddings(), real_embed(texts), atol=1e-5)
+    assert not (target / ".build").exists()
+    assert Datastore.load(target).fingerprint == store.fingerprint
+
+
+def test_same_sources_reuse_a_datastore_and_other_sources_need_overwrite(tmp_path, monkeypatch):
+    first = build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="Flat")
+    real_embed = ds_module.embed
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a complete datastore of the same sources must be reused")
+
+    monkeypatch.setattr(ds_module, "embed", no_embedding)
+    assert build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="Flat").fingerprint == first.fingerprint
+    monkeypatch.setattr(ds_module, "embed", real_embed)
+    with pytest.raises(DatastoreError, match="overwrite=True"):
+        build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store")
+    second = build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store", overwrite=True)
+    assert second.fingerprint != first.fingerprint
+    assert "Home cooking" in second.sources["description"][0]
