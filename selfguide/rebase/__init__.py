@@ -5,5 +5,6 @@ transformation.py (prompt, JSON repair, validation), pipeline.py (the stages end
 """
 
 from .datastore import Datastore, DatastoreError, Source, build_datastore
+from .retrieval import ContaminationGuard, Retrieved, retrieve
 
-__all__ = ["Datastore", "DatastoreError", "Source", "build_datastore"]
+__all__ = ["ContaminationGuard", "Datastore", "DatastoreError", "Retrieved", "Source", "build_datastore", "retrieve"]

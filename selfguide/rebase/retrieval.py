@@ -1,0 +1,196 @@
+"""ReBase stage 2, retrieval: the datastore rows most like the task, minus duplicates and contamination.
+
+The ReBase score of a row averages three cosine similarities: the task instruction against the
+description of the row's dataset, each demo input against the row's closest cell, and each demo
+output against the row's closest cell (the last two averaged over the demos). Scoring every row
+exactly would embed-compare the whole datastore per task; instead the FAISS index proposes the rows
+holding one of the nearest cell texts of some demo, and the score is computed exactly on those.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..metrics import normalize
+from ..report import FilterReport
+from ..task import Task
+from .datastore import Datastore, embed
+
+
+@dataclass
+class Retrieved:
+    """One selected row: where it comes from, what it holds, and why it ranked."""
+
+    index: int
+    score: float
+    description_score: float
+    input_score: float
+    output_score: float
+    dataset: str
+    config: str
+    split: str
+    row_id: str
+    license: str
+    content: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+class ContaminationGuard:
+    """Flags text that overlaps the gold evaluation rows.
+
+    Gold texts of `n` tokens or more match through any shared `n`-gram; shorter ones when a text
+    contains them whole; texts under `min_tokens` only when equal, since a few common words inside
+    a long text prove nothing.
+    """
+
+    def __init__(self, gold_texts: Sequence[str], n: int = 8, min_tokens: int = 4):
+        self.n = n
+        self.exact: set[str] = set()
+        self.contained: list[str] = []
+        self.ngrams: set[tuple[str, ...]] = set()
+        for text in gold_texts:
+            tokens = normalize(text).split()
+            if len(tokens) >= n:
+                self.ngrams |= _ngrams(tokens, n)
+            elif len(tokens) >= min_tokens:
+                self.contained.append(f" {' '.join(tokens)} ")
+            elif tokens:
+                self.exact.add(" ".join(tokens))
+
+    @classmethod
+    def for_task(cls, task: Task, **kwargs) -> "ContaminationGuard":
+        """Gold inputs always; gold outputs only for generation, where a label would match every row."""
+        texts = [g.input for g in task.gold]
+        if not task.is_classification:
+            texts += [g.output for g in task.gold]
+        return cls(texts, **kwargs)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.contained or self.ngrams)
+
+    def overlaps(self, text: str) -> bool:
+        tokens = normalize(text).split()
+        joined = " ".join(tokens)
+        if joined in self.exact:
+            return True
+        padded = f" {joined} "
+        if any(gold in padded for gold in self.contained):
+            return True
+        return bool(self.ngrams) and not self.ngrams.isdisjoint(_ngrams(tokens, self.n))
+
+
+def is_excluded(dataset: str, patterns: Sequence[str]) -> bool:
+    """Whether `dataset` matches a pattern, whole or by one of its '/' parts ('ni/task20*' or 'task201_mnli')."""
+    names = [dataset, *dataset.split("/")]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
+
+
+def rebase_scores(store: Datastore, rows: np.ndarray, instruction_vec: np.ndarray, input_vecs: np.ndarray, output_vecs: np.ndarray):
+    """The three ReBase similarities of each row in `rows`, computed exactly from the stored vectors."""
+    source_sim = store.source_embeddings() @ instruction_vec
+    description = source_sim[store.rows.data.column("source").take(pa.array(rows)).to_numpy()]
+    cells = store.cells(rows)
+    flat = np.fromiter((t for c in cells for t in c), dtype=np.int64)
+    unique, inverse = np.unique(flat, return_inverse=True)
+    vectors = store.text_embeddings(unique)
+    starts = np.cumsum([0] + [len(c) for c in cells[:-1]])
+    # Best cell of each row per demo, then the mean over demos.
+    input_best = np.maximum.reduceat((vectors @ input_vecs.T)[inverse], starts, axis=0).mean(axis=1)
+    output_best = np.maximum.reduceat((vectors @ output_vecs.T)[inverse], starts, axis=0).mean(axis=1)
+    return description, input_best, output_best
+
+
+def retrieve(
+    store: Datastore,
+    task: Task,
+    k: int,
+    *,
+    exclude_datasets: Sequence[str] = (),
+    candidates: int = 256,
+    dedupe_threshold: float = 0.95,
+    report: Optional[FilterReport] = None,
+) -> list[Retrieved]:
+    """The `k` best rows for `task` by ReBase score, after the contamination guard and deduplication.
+
+    Rows of datasets matching `exclude_datasets` or the task's own name (its evaluation source) are
+    excluded, as are rows overlapping the task's gold rows. Two rows count as duplicates when their
+    cells are equal after normalisation, or their longest cells are closer than `dedupe_threshold`
+    (P3-style datasets hold the same passage under many prompt templates).
+    `candidates` nearest texts per demo are fetched from the index; fewer than `k` usable rows
+    widens the search until the whole datastore has been seen.
+    """
+    if k < 1:
+        raise ValueError(f"k: must be at least 1, got {k}")
+    patterns = [task.name, *exclude_datasets]
+    guard = ContaminationGuard.for_task(task)
+    instruction_vec = embed([task.instruction], store.embedder)[0]
+    input_vecs = embed([e.input for e in task.examples], store.embedder)
+    output_vecs = embed([e.output for e in task.examples], store.embedder)
+    queries = np.vstack([input_vecs, output_vecs])
+    datasets_column = store.rows.data.column("dataset")
+    width = candidates
+    while True:
+        _, text_ids = store.search(queries, width)
+        rows = store.rows_with_texts(np.unique(text_ids))
+        names = datasets_column.take(rows).to_pylist()
+        excluded = np.array([is_excluded(n, patterns) for n in names], dtype=bool)
+        usable = rows[~excluded]
+        selected, dropped = _select(store, usable, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs)
+        if len(selected) >= k or width >= len(store.texts):
+            break
+        width *= 4
+    dropped["own_eval_source"] = int(excluded.sum())
+    dropped["below_top_k"] = len(usable) - len(selected) - sum(v for key, v in dropped.items() if key != "own_eval_source")
+    if report is not None:
+        report.add("retrieve", len(rows), len(selected), dropped)
+    return selected
+
+
+def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs):
+    dropped = {"gold_overlap": 0, "duplicate": 0}
+    if len(rows) == 0:
+        return [], dropped
+    description, input_score, output_score = rebase_scores(store, rows, instruction_vec, input_vecs, output_vecs)
+    score = (description + input_score + output_score) / 3
+    order = np.lexsort((rows, -score))  # best first; ties broken by row order, so runs repeat exactly
+    cells = store.cells(rows)
+    selected: list[Retrieved] = []
+    signatures: set[str] = set()
+    kept_vectors: list[np.ndarray] = []
+    for j in order:
+        if len(selected) == k:
+            break
+        texts = store.text(cells[j])
+        if guard and any(guard.overlaps(t) for t in texts):
+            dropped["gold_overlap"] += 1
+            continue
+        signature = normalize(" ".join(texts))
+        longest = store.text_embeddings([cells[j][int(np.argmax([len(t) for t in texts]))]])[0]
+        if signature in signatures or any(float(v @ longest) >= dedupe_threshold for v in kept_vectors):
+            dropped["duplicate"] += 1
+            continue
+        signatures.add(signature)
+        kept_vectors.append(longest)
+        row = store.row(int(rows[j]))
+        selected.append(
+            Retrieved(
+                index=int(rows[j]),
+                score=float(score[j]),
+                description_score=float(description[j]),
+                input_score=float(input_score[j]),
+                output_score=float(output_score[j]),
+                **row,
+            )
+        )
+    return selected, dropped

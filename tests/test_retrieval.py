@@ -1,0 +1,119 @@
+"""ReBase retrieval on the fixture datastore with the real embedder: score, guard, dedupe, report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from selfguide import FilterReport, Task
+from selfguide.rebase import ContaminationGuard, retrieve
+from selfguide.rebase.datastore import embed
+from selfguide.rebase.retrieval import is_excluded
+from tests.conftest import FIXTURES as TASKS
+from tests.rebase_support import fixture_store
+
+WOODEN = {"r02", "r10", "r11"}  # one review, copied once and reworded once
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return fixture_store(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def task():
+    return Task.load(TASKS / "sentiment_task.json")  # named movie_sentiment, like a dataset in the store
+
+
+def test_sentiment_task_retrieves_the_reviews_without_contamination_or_duplicates(store, task):
+    report = FilterReport()
+    # k=10 walks past every review, so each guard and the deduplication get their turn.
+    rows = retrieve(store, task, 10, report=report)
+    reviews, rest = rows[:8], rows[8:]
+    assert {r.dataset for r in reviews} == {"imdb_small"}
+    assert {r.dataset for r in rest} == {"news_topics"}  # off-topic rows only after every usable review
+    ids = {r.row_id for r in reviews}
+    assert "r09" not in ids  # quotes a gold test input
+    assert len(ids & WOODEN) == 1
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    # With 256 candidates per demo every text of this small store is seen: all 32 rows are scored.
+    assert report.to_dict()["retrieve"] == {
+        "in": 32,
+        "out": 10,
+        "dropped": {"own_eval_source": 3, "gold_overlap": 1, "duplicate": 2, "below_top_k": 16},
+    }
+
+
+def test_score_averages_description_input_and_output_similarities(store, task):
+    top = retrieve(store, task, 1)[0]
+    source = next(s for s in store.sources if s["dataset"] == top.dataset)
+    cells = [v for v in top.content.values() if isinstance(v, str)]
+    cell_vecs = embed(cells)
+    description = float(embed([task.instruction])[0] @ embed([source["description"]])[0])
+    best_input = np.mean([max(cell_vecs @ v) for v in embed([e.input for e in task.examples])])
+    best_output = np.mean([max(cell_vecs @ v) for v in embed([e.output for e in task.examples])])
+    assert top.description_score == pytest.approx(description, abs=1e-4)
+    assert top.input_score == pytest.approx(best_input, abs=1e-4)
+    assert top.output_score == pytest.approx(best_output, abs=1e-4)
+    assert top.score == pytest.approx((description + best_input + best_output) / 3, abs=1e-4)
+
+
+def test_narrow_candidate_lists_widen_until_k_rows_are_found(store, task):
+    wide = [r.index for r in retrieve(store, task, 10)]
+    narrow = [r.index for r in retrieve(store, task, 10, candidates=1)]
+    assert narrow == wide
+
+
+def test_excluded_datasets_never_come_back(store, task):
+    report = FilterReport()
+    rows = retrieve(store, task, 5, exclude_datasets=["imdb_*"], report=report)
+    assert rows and all(r.dataset not in ("imdb_small", "movie_sentiment") for r in rows)
+    assert report.to_dict()["retrieve"]["dropped"]["own_eval_source"] == 14
+
+
+def test_rows_keep_their_provenance_and_content(store, task):
+    row = retrieve(store, task, 1)[0]
+    assert (row.license, row.config) == ("IMDb terms of use", "")
+    assert set(row.content) == {"text", "label"} and row.content["label"] in ("positive", "negative")
+
+
+def test_k_must_be_positive(store, task):
+    with pytest.raises(ValueError, match="k: must be at least 1"):
+        retrieve(store, task, 0)
+
+
+@pytest.mark.parametrize(
+    "dataset, patterns, excluded",
+    [
+        ("ni/task201_mnli_neutral_classification", ["ni/task20*"], True),
+        ("ni/task201_mnli_neutral_classification", ["task201_mnli_neutral_classification"], True),
+        ("p3/imdb_Movie_Expressed_Sentiment", ["imdb"], False),
+        ("p3/imdb_Movie_Expressed_Sentiment", ["*imdb*"], True),
+        ("glue", ["glue/sst2"], False),
+    ],
+)
+def test_exclusion_patterns_match_whole_ids_or_their_parts(dataset, patterns, excluded):
+    assert is_excluded(dataset, patterns) is excluded
+
+
+def test_guard_matches_long_gold_texts_by_shared_ngrams():
+    gold = "The committee approved the new budget for the city library after a long debate."
+    guard = ContaminationGuard([gold])
+    assert guard.overlaps("Reports say the committee approved the new budget for the city library after a long debate.")
+    # Seven shared words (articles do not count), one short of an 8-gram.
+    assert not guard.overlaps("Yesterday the committee approved the new budget for the city library.")
+
+
+def test_guard_matches_shorter_gold_texts_only_whole():
+    guard = ContaminationGuard(["I walked out halfway through.", "Yes"])
+    assert guard.overlaps("Honestly, I walked out halfway through the second act.")
+    assert not guard.overlaps("I walked out of the cinema.")
+    assert guard.overlaps("yes!")  # under four words: equal after normalisation ...
+    assert not guard.overlaps("Yes, it was fine.")  # ... but not merely contained
+
+
+def test_guard_uses_gold_outputs_only_for_generation(task):
+    assert not ContaminationGuard.for_task(task).overlaps("positive")
+    rewrite = Task.load(TASKS / "rewrite_task.json")
+    assert ContaminationGuard.for_task(rewrite).overlaps("Look: the postman was bitten by the dog, again.")
+    assert not ContaminationGuard([])
