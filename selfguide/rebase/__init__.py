@@ -5,6 +5,19 @@ transformation.py (prompt, JSON repair, validation), pipeline.py (the stages end
 """
 
 from .datastore import Datastore, DatastoreError, Source, build_datastore
+from .pipeline import ReBasePipeline
 from .retrieval import ContaminationGuard, Retrieved, retrieve
+from .transformation import Transformer, parse_answer
 
-__all__ = ["ContaminationGuard", "Datastore", "DatastoreError", "Retrieved", "Source", "build_datastore", "retrieve"]
+__all__ = [
+    "ContaminationGuard",
+    "Datastore",
+    "DatastoreError",
+    "ReBasePipeline",
+    "Retrieved",
+    "Source",
+    "Transformer",
+    "build_datastore",
+    "parse_answer",
+    "retrieve",
+]

@@ -1,0 +1,164 @@
+"""ReBase transformation: the prompt, JSON parsing and repair, validation, and accounting."""
+
+import json
+
+import pytest
+
+from selfguide import FilterReport, Task
+from selfguide.engines import OpenAIEngine, TransformersEngine
+from selfguide.rebase import Transformer, parse_answer
+from selfguide.rebase.transformation import ANSWER_PREFIX, final_answer, record, transformation_prompt
+from tests.conftest import FIXTURES as TASKS
+from tests.rebase_support import ScriptedServer, source_record
+
+GOOD = {"input": "A great movie", "output": "positive"}
+
+
+@pytest.fixture(scope="module")
+def sentiment():
+    return Task.load(TASKS / "sentiment_task.json")
+
+
+@pytest.fixture(scope="module")
+def rewrite():
+    return Task.load(TASKS / "rewrite_task.json")
+
+
+@pytest.mark.parametrize(
+    "answer, repaired",
+    [
+        ('{"input": "A great movie", "output": "positive"}', False),
+        ('{"input": "A great movie", "output": "positive"}\n{"input": "next one"', False),  # rest ignored
+        ('```json\n{"input": "A great movie", "output": "positive"}\n```', False),
+        ('{"Input": "A great movie", "OUTPUT": "positive"}', False),
+        ('{"input": "A great movie", "output": "positive",}', True),  # trailing comma
+        ("{'input': 'A great movie', 'output': 'positive'}", True),  # Python quoting
+        ('{"input": "A great movie", "output": \u201cpositive\u201d}', True),  # typographic quotes
+        ('{"input": "A great movie", "output": "positive', True),  # cut off by the token limit
+    ],
+)
+def test_answers_parse_or_are_repaired(answer, repaired):
+    parsed = parse_answer(answer)
+    assert parsed.fields == GOOD and parsed.repaired is repaired and parsed.error is None
+
+
+def test_unescaped_quotes_are_recovered_by_the_keys():
+    parsed = parse_answer('{"input": "He said "no" twice", "output": "negative"}')
+    assert parsed.fields == {"input": 'He said "no" twice', "output": "negative"} and parsed.repaired
+
+
+def test_raw_newlines_and_numbers_are_accepted():
+    assert parse_answer('{"input": "line one\nline two", "output": 42}').fields == {"input": "line one\nline two", "output": "42"}
+
+
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        ("no json at all", "malformed_json"),
+        ('{input = A great movie; output = positive}', "malformed_json"),
+        ('{"input": "A great movie"}', "missing_field"),
+        ('{"question": "A great movie", "answer": "positive"}', "missing_field"),
+        ('{"input": "  ", "output": "positive"}', "empty_field"),
+        ('{"input": "A great movie", "output": ["positive"]}', "empty_field"),
+    ],
+)
+def test_unusable_answers_are_reported_not_raised(answer, error):
+    parsed = parse_answer(answer)
+    assert parsed.fields is None and parsed.error == error
+
+
+def test_final_answer_is_read_from_the_end_of_the_reasoning():
+    assert final_answer("The answer is not obvious. It praises the cast, so the answer is: **Positive**.") == "Positive"
+    assert final_answer("It praises the cast.") is None
+
+
+def test_prompt_shows_instruction_demos_labels_and_the_clipped_record(sentiment):
+    record_ = {"text": "word " * 400, "label": "neg", "empty": ""}
+    prompt = transformation_prompt(sentiment, record_)
+    assert prompt.startswith(sentiment.instruction)
+    for demo in sentiment.examples:
+        assert json.dumps({"input": demo.input, "output": demo.output}) in prompt
+    assert "The answer must be one of: positive, negative." in prompt
+    assert "reason step by step" not in prompt
+    shown = source_record(prompt)
+    assert set(shown) == {"text", "label"} and len(shown["text"]) == 603 and shown["text"].endswith("...")
+    assert prompt.endswith("New example: " + ANSWER_PREFIX)
+    assert 'end with "So the answer is <answer>."' in transformation_prompt(sentiment, record_, cot=True)
+
+
+class _Counting(OpenAIEngine):
+    """An engine is needed only for its token counts here; nothing is generated."""
+
+    def __init__(self):
+        super().__init__("http://127.0.0.1:9", model="unused")
+
+
+def test_token_budget_covers_the_longest_field_and_the_reasoning(sentiment):
+    transformer = Transformer(sentiment, _Counting())
+    short = transformer.params([{"text": "short"}]).max_new_tokens
+    long = transformer.params([{"text": "short"}, {"text": "x" * 2000}]).max_new_tokens
+    assert long - short >= 600 / 4 - 2 * 11  # the clipped field, less the demo-sized floor
+    assert Transformer(sentiment, _Counting(), cot=True).params([{"text": "short"}]).max_new_tokens == short + 192
+    assert Transformer(sentiment, _Counting(), max_new_tokens=7).params([{"text": "x" * 2000}]).max_new_tokens == 7
+
+
+def _judge(task, answer, cot=False):
+    return Transformer(task, _Counting(), cot=cot).judge(answer)
+
+
+def test_labels_are_matched_to_the_label_set(sentiment):
+    ok = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "Negative."}')
+    assert (ok.status, ok.output) == ("ok", "negative")
+    assert _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "neutral"}').status == "label_not_in_set"
+
+
+def test_copied_demos_and_gold_rows_are_dropped(sentiment):
+    demo = sentiment.examples[0].input
+    assert _judge(sentiment, json.dumps({"input": demo.upper(), "output": "positive"})).status == "copied_demo"
+    gold = sentiment.gold[0].input
+    assert _judge(sentiment, json.dumps({"input": f"Honestly: {gold}", "output": "positive"})).status == "gold_overlap"
+
+
+def test_chain_of_thought_keeps_reasoning_and_answer_apart(sentiment, rewrite):
+    reasoning = "The reviewer calls it dull and says the plot has holes. So the answer is Negative."
+    outcome = _judge(sentiment, json.dumps({"input": "Dull, with a plot full of holes.", "output": reasoning}), cot=True)
+    assert (outcome.status, outcome.output, outcome.reasoning) == ("ok", "negative", reasoning)
+    missing = _judge(sentiment, json.dumps({"input": "Dull, with a plot full of holes.", "output": "negative"}), cot=True)
+    assert missing.status == "no_final_answer"
+    generated = _judge(
+        rewrite,
+        json.dumps({"input": "The boy kicked the ball.", "output": "Object first, then the agent. So the answer is The ball was kicked by the boy."}),
+        cot=True,
+    )
+    assert (generated.status, generated.output) == ("ok", "The ball was kicked by the boy")
+
+
+def test_a_teacher_answering_badly_is_counted_never_fatal(sentiment):
+    replies = {
+        "fine": 'Good fun for the family.", "output": "positive"}',
+        "comma": 'Fun, but far too long.", "output": "negative",}',
+        "cut": "Wonderful score and a brave",
+        "nonsense": ' "output" ??? ',
+        "label": 'Middling at best.", "output": "mixed"}',
+    }
+    with ScriptedServer(lambda prompt, body: replies[source_record(prompt)["key"]]) as server:
+        transformer = Transformer(sentiment, OpenAIEngine(server.base_url, model="m"))
+        outcomes = transformer.transform([{"key": k, "text": f"{k} row"} for k in replies])
+    assert [o.status for o in outcomes] == ["ok", "ok", "missing_field", "malformed_json", "label_not_in_set"]
+    report = FilterReport()
+    record(outcomes, report)
+    assert report.to_dict() == {
+        "transform": {"in": 5, "out": 2, "dropped": {"missing_field": 1, "malformed_json": 1, "label_not_in_set": 1}},
+        "json_repair": {"in": 3, "out": 2, "dropped": {"malformed_json": 1}},
+    }
+
+
+def test_a_random_model_never_crashes_the_stage(sentiment, tiny_model_dir):
+    engine = TransformersEngine.from_pretrained(str(tiny_model_dir), dtype="float32", batch_size=4)
+    transformer = Transformer(sentiment, engine, max_new_tokens=24)
+    outcomes = transformer.transform([{"text": "A fine film.", "label": "pos"}, {"text": "Awful.", "label": "neg"}])
+    assert len(outcomes) == 2 and all(o.raw.startswith(ANSWER_PREFIX) for o in outcomes)
+    report = FilterReport()
+    record(outcomes, report)
+    stage = report.to_dict()["transform"]
+    assert stage["in"] == 2 and stage["out"] + sum(stage["dropped"].values()) == 2
