@@ -1,6 +1,5 @@
 """ReBase retrieval on the fixture datastore with the real embedder: score, guard, dedupe, report."""
 
-
 import numpy as np
 import pytest
 
