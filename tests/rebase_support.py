@@ -6,14 +6,23 @@ loopback, so the engine, builder and transformation code under test run unchange
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Union
 
 import datasets
+import httpx
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datastore"
@@ -133,8 +142,8 @@ class ScriptedServer:
 
 
 def source_record(prompt: str) -> dict:
-    """The JSON record a transformation prompt shows the model."""
-    line = next(line for line in prompt.splitlines() if line.startswith("Source record: "))
+    """The JSON record a transformation prompt asks the model to rewrite (the last one it shows)."""
+    line = [line for line in prompt.splitlines() if line.startswith("Source record: ")][-1]
     return json.loads(line[len("Source record: ") :])
 
 
@@ -144,3 +153,45 @@ def copying_teacher(prompt: str, body: dict) -> str:
     text = next(v for v in record.values() if isinstance(v, str) and len(v.split()) > 3)
     label = record.get("label", "positive")
     return json.dumps(text)[1:] + ', "output": ' + json.dumps(label) + "}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def real_llama_server(log_dir: Path, ready_within: float = 120):
+    """A llama-cpp-python server with the embedded student's GGUF on a free loopback port, stopped on exit."""
+    pytest.importorskip("llama_cpp.server", reason="needs the 'server' extra: pip install 'llama-cpp-python[server]'")
+    from selfguide.student import _embedded_gguf
+
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_embedded_gguf()), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(min(4, os.cpu_count() or 1))]
+    # llama.cpp logs a lot: into a file, since an unread pipe fills up and stalls the server.
+    log = log_dir / "llama-server.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(base_url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"llama_cpp.server did not come up within {ready_within} s"
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,24 +1,12 @@
 """OpenAIEngine against a scripted server (protocol, retries, limits) and a real llama-cpp-python server."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
-import httpx
 import pytest
 
 from selfguide.engines import OpenAIEngine, SamplingParams, ServerError
-from tests.rebase_support import ScriptedServer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.rebase_support import ScriptedServer, free_port, real_llama_server
 
 
 def test_completions_request_carries_the_sampling_knobs_and_answers_in_order():
@@ -62,7 +50,7 @@ def test_client_errors_fail_at_once_with_the_server_message():
 
 
 def test_a_server_that_is_down_is_named_in_the_error():
-    base_url = f"http://127.0.0.1:{_free_port()}"
+    base_url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(ServerError, match=f"cannot reach the server at {base_url}.*after 3 attempts"):
         OpenAIEngine(base_url, max_retries=2, backoff=0.01).generate(["p"], SamplingParams())
@@ -104,36 +92,8 @@ def test_concurrency_caps_requests_in_flight():
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server", reason="needs the 'server' extra: pip install 'llama-cpp-python[server]'")
-    from selfguide.student import _embedded_gguf
-
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_embedded_gguf()), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", "1024", "--n_threads", str(min(4, os.cpu_count() or 1))]
-    # llama.cpp logs a lot: into a file, since an unread pipe fills up and stalls the server.
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(base_url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "llama_cpp.server did not come up within 120 s"
-            time.sleep(0.5)
+    with real_llama_server(tmp_path_factory.mktemp("llama-server")) as base_url:
         yield base_url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.slow

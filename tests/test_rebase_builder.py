@@ -5,7 +5,6 @@ transformation, engine and builder are the real code.
 """
 
 import json
-import socket
 
 import pytest
 from datasets import load_dataset
@@ -16,7 +15,7 @@ from selfguide.prompts import training_prompt
 from selfguide.rebase import DatastoreError, build_datastore
 from selfguide.task import Task
 from tests.conftest import FIXTURES as TASKS
-from tests.rebase_support import FIXTURES, ScriptedServer, copying_teacher, fixture_store, source_record
+from tests.rebase_support import FIXTURES, ScriptedServer, copying_teacher, fixture_store, free_port, source_record
 
 TASK = TASKS / "sentiment_task.json"
 SOURCE_COLUMNS = {"reasoning", "source_dataset", "source_config", "source_split", "source_row_id", "source_license", "retrieval_score"}
@@ -115,9 +114,7 @@ def test_a_teacher_that_only_writes_nonsense_fails_with_the_report(store, tmp_pa
 
 
 def test_a_server_that_is_down_is_a_clear_error(store, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(ServerError, match=f"cannot reach the server at http://127.0.0.1:{port}"):
         _load(store.path, f"http://127.0.0.1:{port}", tmp_path / "cache", num_examples=2, max_retries=0)
 

@@ -83,7 +83,11 @@ def test_prompt_shows_instruction_demos_labels_and_the_clipped_record(sentiment)
     shown = source_record(prompt)
     assert set(shown) == {"text", "label"} and len(shown["text"]) == 603 and shown["text"].endswith("...")
     assert prompt.endswith("New example: " + ANSWER_PREFIX)
-    assert 'end with "So the answer is <answer>."' in transformation_prompt(sentiment, record_, cot=True)
+    first = sentiment.examples[0]
+    worked = f'Source record: {{"text": "{first.input}"}}\nNew example: {{"input": "{first.input}", "output": "{first.output}"}}'
+    assert worked in prompt  # one rewrite shown whole, made from the first demo
+    cot = transformation_prompt(sentiment, record_, cot=True)
+    assert 'end with "So the answer is <answer>."' in cot and worked not in cot
 
 
 class _Counting(OpenAIEngine):

@@ -47,18 +47,30 @@ def source_record(content: dict) -> str:
     return _clip(json.dumps(clipped, ensure_ascii=False), _ROW_CHARS)
 
 
+def _example(input_text: str, output: str) -> str:
+    return json.dumps({"input": input_text, "output": output}, ensure_ascii=False)
+
+
 def transformation_prompt(task: Task, content: dict, cot: bool = False) -> str:
-    demos = "\n".join(json.dumps({"input": e.input, "output": e.output}, ensure_ascii=False) for e in task.examples)
+    demos = "\n".join(_example(e.input, e.output) for e in task.examples)
     rules = ["Take the content from the record, and follow the format and style of the examples."]
     if task.is_classification:
         rules.append(f"The answer must be one of: {', '.join(task.labels)}.")
     if cot:
         rules.append('In "output", reason step by step, then end with "So the answer is <answer>."')
+    # One worked rewrite, made from the first demo, shows the pattern (record in, example out) that
+    # small base models otherwise miss, copying a demo instead. With `cot` it is left out: the demos
+    # carry no reasoning to show.
+    worked = ""
+    if not cot:
+        first = task.examples[0]
+        worked = f"Source record: {source_record({'text': first.input})}\nNew example: {_example(first.input, first.output)}\n\n"
     return (
         f"{task.instruction.strip()}\n\n"
         f"Examples, one JSON object per line:\n{demos}\n\n"
-        "Rewrite the source record below into one new example of this task, as one JSON object with exactly "
-        f'the keys "input" and "output". {" ".join(rules)}\n'
+        "Each source record below is rewritten into one new example of this task, as one JSON object with exactly "
+        f'the keys "input" and "output". {" ".join(rules)}\n\n'
+        f"{worked}"
         f"Source record: {source_record(content)}\n"
         f"New example: {ANSWER_PREFIX}"
     )
