@@ -169,14 +169,13 @@ def _decode_labels(row: dict, features: Optional[datasets.Features]) -> dict:
 
 
 def _jsonable(row: dict, features: Optional[datasets.Features]) -> dict:
-    """Drop media columns (images, audio): a row's JSON feeds a text prompt."""
+    """Drop media and raw bytes: a row's JSON feeds a text prompt."""
     keep = {}
     for name, value in row.items():
         feature = features.get(name) if features else None
-        if feature is not None and type(feature).__name__ in ("Image", "Audio", "Video", "Pdf"):
+        if type(feature).__name__ in ("Image", "Audio", "Video", "Pdf") or isinstance(value, (bytes, bytearray)):
             continue
-        if isinstance(value, (str, int, float, bool, list, dict)) or value is None:
-            keep[name] = value
+        keep[name] = value
     return keep
 
 
@@ -244,12 +243,22 @@ def _read_file(path: Path) -> tuple[Iterator[dict], Optional[datasets.Features]]
     return iter(ds), ds.features
 
 
+def _entry(row: dict, split: str, position: int, license_: str) -> dict:
+    """A row as collected: its own provenance columns when it has them, else where it was read from."""
+    return {
+        "split": str(row.get("split") or split),
+        "row_id": str(row["id"]) if row.get("id") is not None else str(position),
+        "license": str(row.get("license") or license_),
+        "values": {k: v for k, v in row.items() if k not in METADATA_COLUMNS},
+    }
+
+
 def _local_groups(source: Source, index: int) -> list[_Group]:
     """Rows of a file or in-memory dataset, grouped by their own `dataset`/`config` columns when present."""
     if isinstance(source.data, (datasets.Dataset, datasets.DatasetDict)):
         data = source.data
         splits = data.items() if isinstance(data, datasets.DatasetDict) else [(str(data.split or "train"), data)]
-        default_name = source.name or data_name(data) or f"dataset{index}"
+        default_name = source.name or _data_name(data) or f"dataset{index}"
         readers = [(split, iter(ds), ds.features) for split, ds in splits]
     else:
         path = Path(source.data).expanduser()
@@ -265,21 +274,14 @@ def _local_groups(source: Source, index: int) -> list[_Group]:
             name = str(row.get("dataset") or row.get("source") or default_name)
             config = str(row.get("config") or "")
             group = groups.setdefault((name, config), _Group(name, config, source.description or "", source.license or ""))
-            group.rows.append(
-                {
-                    "split": str(row.get("split") or split),
-                    "row_id": str(row["id"]) if row.get("id") is not None else str(i),
-                    "license": str(row.get("license") or source.license or ""),
-                    "values": {k: v for k, v in row.items() if k not in METADATA_COLUMNS},
-                }
-            )
+            group.rows.append(_entry(row, split, i, source.license or ""))
     if not any(_text(v) for g in groups.values() for r in g.rows for v in r["values"].values()):
         what = "has no rows" if not groups else f"has no text column among {sorted(seen_columns)}"
         raise DatastoreError(f"source {source.name or source.data}: {what}. Fix: give it at least one column of text")
     return list(groups.values())
 
 
-def data_name(data) -> str:
+def _data_name(data) -> str:
     ds = next(iter(data.values())) if isinstance(data, datasets.DatasetDict) else data
     return ds.info.dataset_name or ds.info.builder_name or ""
 
@@ -296,14 +298,11 @@ def _hub_skip_reason(info: datasets.DatasetInfo, max_config_bytes: int) -> Optio
 
 def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, skipped: list) -> list[_Group]:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     repo_id, _, config_in_id = str(source.data).partition(":")
     try:
         info = HfApi().dataset_info(repo_id)
-    except GatedRepoError:
-        skipped.append({"source": repo_id, "config": "", "reason": "gated: accept its terms on the Hub and log in"})
-        return []
     except RepositoryNotFoundError:
         raise DatastoreError(f"source {repo_id}: no such dataset on the Hub (or it is private). Fix: check the id, or log in with `hf auth login`") from None
     except Exception as e:  # offline, DNS, proxy, 5xx: one lookup, so every failure here means "unreachable"
@@ -312,7 +311,8 @@ def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, 
             "Fix: check the network and HF_HUB_OFFLINE, or save the dataset to a local JSONL/Parquet file and pass its path"
         ) from None
     if info.gated:
-        skipped.append({"source": repo_id, "config": "", "reason": f"gated ({info.gated}): accept its terms on the Hub and log in"})
+        reason = f"gated ({info.gated}): only openly accessible datasets are streamed; save it to a local file to use it"
+        skipped.append({"source": repo_id, "config": "", "reason": reason})
         return []
     card = info.card_data
     license_ = source.license or (str(card.license) if card is not None and card.license else "")
@@ -334,15 +334,7 @@ def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, 
         features = stream.features or builder.info.features
         group = _Group(repo_id, config, builder.info.description or description, license_)
         for i, raw in evenly_spaced(stream, total, max_rows):
-            row = _jsonable(_decode_labels(raw, features), features)
-            group.rows.append(
-                {
-                    "split": split,
-                    "row_id": str(i),
-                    "license": license_,
-                    "values": {k: v for k, v in row.items() if k not in METADATA_COLUMNS},
-                }
-            )
+            group.rows.append(_entry(_jsonable(_decode_labels(raw, features), features), split, i, license_))
         groups.append(group)
     return groups
 

@@ -126,7 +126,7 @@ def retrieve(
     Rows of datasets matching `exclude_datasets` or the task's own name (its evaluation source) are
     excluded, as are rows overlapping the task's gold rows. Two rows count as duplicates when their
     cells are equal after normalisation, or their longest cells are closer than `dedupe_threshold`
-    (P3-style datasets hold the same passage under many prompt templates).
+    (one passage under several prompt templates, say).
     `candidates` nearest texts per demo are fetched from the index; fewer than `k` usable rows
     widens the search until the whole datastore has been seen.
     """
@@ -150,8 +150,8 @@ def retrieve(
         if len(selected) >= k or width >= len(store.texts):
             break
         width *= 4
+    dropped["below_top_k"] = len(usable) - len(selected) - sum(dropped.values())
     dropped["own_eval_source"] = int(excluded.sum())
-    dropped["below_top_k"] = len(usable) - len(selected) - sum(v for key, v in dropped.items() if key != "own_eval_source")
     if report is not None:
         report.add("retrieve", len(rows), len(selected), dropped)
     return selected
@@ -167,7 +167,7 @@ def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs
     cells = store.cells(rows)
     selected: list[Retrieved] = []
     signatures: set[str] = set()
-    kept_vectors: list[np.ndarray] = []
+    kept = np.zeros((k, store.meta["dim"]), dtype=np.float32)  # longest-cell vector of each selected row
     for j in order:
         if len(selected) == k:
             break
@@ -177,11 +177,11 @@ def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs
             continue
         signature = normalize(" ".join(texts))
         longest = store.text_embeddings([cells[j][int(np.argmax([len(t) for t in texts]))]])[0]
-        if signature in signatures or any(float(v @ longest) >= dedupe_threshold for v in kept_vectors):
+        if signature in signatures or (selected and float(np.max(kept[: len(selected)] @ longest)) >= dedupe_threshold):
             dropped["duplicate"] += 1
             continue
         signatures.add(signature)
-        kept_vectors.append(longest)
+        kept[len(selected)] = longest
         row = store.row(int(rows[j]))
         selected.append(
             Retrieved(
