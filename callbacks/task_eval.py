@@ -1,0 +1,104 @@
+"""Score the model on the task itself, not just its loss, every time the Trainer evaluates."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+from transformers import TrainerCallback
+
+from ..evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, gold_rows, score_baseline, score_model
+from ..metrics import metric_name
+from ..quantization import trainable_4bit_layout
+from ..task import Example, Task
+
+logger = logging.getLogger(__name__)
+
+BASELINE_PREFIX = "base"
+
+
+def baseline_key(prompt: str, metric: str) -> str:
+    return f"{BASELINE_PREFIX}_{prompt.replace('-', '')}_{metric}"
+
+
+class TaskEvalCallback(TrainerCallback):
+    """Greedy generation on the task's gold rows, scored with the task metric, at each evaluation.
+
+    The score is added to the evaluation's metrics as `eval_<metric>` (`eval_exact_match` for
+    classification, `eval_rougeL` for generation), so `metric_for_best_model: exact_match` with
+    `load_best_model_at_end` picks checkpoints by it, and to the evaluation's entry in
+    `state.log_history`, so it is kept in `trainer_state.json`. With `baseline=True` the base model is
+    also scored once when training starts, with the few-shot prompt and the zero-shot one, under
+    `base_fewshot_<metric>` and `base_zeroshot_<metric>`: the 'before' of the model card's table.
+    Under several processes each one decodes a share of the rows.
+    """
+
+    def __init__(
+        self,
+        task,
+        rows: Optional[Sequence[Example]] = None,
+        *,
+        baseline: bool = True,
+        batch_size: int = 16,
+        max_new_tokens: Optional[int] = None,
+    ):
+        self.task = Task.load(task)
+        self.rows = list(rows) if rows is not None else gold_rows(self.task)
+        if not self.rows:
+            raise ValueError(f"TaskEvalCallback: no rows to evaluate task '{self.task.name}' on. Fix: pass rows or give the task a 'test' list")
+        self.metric = metric_name(self.task.type)
+        self.baseline = baseline
+        self.score_kwargs = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+        self.last_score: Optional[TaskScore] = None
+
+    @property
+    def metric_key(self) -> str:
+        return f"eval_{self.metric}"
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        keys = {baseline_key(p, self.metric) for p in (FEW_SHOT, ZERO_SHOT)}
+        # A resumed run already carries its baseline in the restored log history.
+        if not self.baseline or any(keys & entry.keys() for entry in state.log_history):
+            return
+        with trainable_4bit_layout(model):
+            scores = score_baseline(model, processing_class, self.task, self.rows, **self.score_kwargs)
+        entry = {baseline_key(s.prompt, s.metric): s.value for s in scores}
+        logger.info("task baseline: %s", entry)
+        state.log_history.append({**entry, "step": state.global_step})
+
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
+        score = self._score(model, processing_class, state)
+        # `metrics` is the dict Trainer.evaluate returns and best-model selection reads; it was logged
+        # just before this hook ran, so the value also goes into that log entry.
+        if metrics is not None:
+            metrics[self.metric_key] = score.value
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1][self.metric_key] = score.value
+
+    def evaluate(self, model, processing_class, state) -> dict:
+        """Score outside a Trainer evaluation (after training, say) and record it in the log history."""
+        score = self._score(model, processing_class, state)
+        state.log_history.append({self.metric_key: score.value, "step": state.global_step})
+        return {self.metric_key: score.value}
+
+    def _score(self, model, processing_class, state) -> TaskScore:
+        with trainable_4bit_layout(model):
+            score = score_model(model, processing_class, self.task, self.rows, **self.score_kwargs)
+        self.last_score = score
+        logger.info("step %d: %s = %.2f on %d rows", state.global_step, self.metric_key, score.value, score.num_rows)
+        return score
+
+
+def scores_from_log_history(log_history: list[dict], task: Task, num_rows: int) -> list[TaskScore]:
+    """The before/after table recorded by TaskEvalCallback: baselines, then the latest evaluation."""
+    metric = metric_name(task.type)
+    scores = []
+    for prompt in (FEW_SHOT, ZERO_SHOT):
+        key = baseline_key(prompt, metric)
+        value = next((e[key] for e in log_history if key in e), None)
+        if value is not None:
+            scores.append(TaskScore("base", prompt, metric, value, num_rows))
+    evaluated = [e for e in log_history if f"eval_{metric}" in e]
+    if evaluated:
+        scores.append(TaskScore("finetuned", ZERO_SHOT, metric, evaluated[-1][f"eval_{metric}"], num_rows))
+    return scores

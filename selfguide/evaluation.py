@@ -1,0 +1,202 @@
+"""Score a model on a task's gold rows: the one evaluation behind the training callback, `selfguide evaluate` and the demo.
+
+The prompting baseline is the base model with every demonstration in the prompt; the finetuned model
+gets the zero-shot training prompt it was trained on. Both are decoded greedily, cut at the same stop
+strings and scored with the task's metric, so the numbers compare.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .engines import SamplingParams, TransformersEngine
+from .metrics import metric_name, task_score
+from .prompts import OUTPUT_STOP, fewshot_prompt, format_completion, training_prompt
+from .task import Example, Task
+
+FEW_SHOT = "few-shot"
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class TaskScore:
+    model: str  # "base" or "finetuned"
+    prompt: str  # FEW_SHOT or ZERO_SHOT
+    metric: str
+    value: float
+    num_rows: int
+    predictions: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} model, {self.prompt} prompt"
+
+
+def gold_rows(task: Task, limit: Optional[int] = None) -> list[Example]:
+    if not task.gold:
+        raise ValueError(
+            f"task '{task.name}': no gold rows to evaluate on. Fix: add a 'test' list of {{input, output}} rows to the task spec"
+        )
+    return list(task.gold[:limit] if limit else task.gold)
+
+
+def build_prompts(task: Task, inputs: Sequence[str], prompt: str, seed: int = 0) -> list[str]:
+    if prompt == ZERO_SHOT:
+        return [training_prompt(task, x) for x in inputs]
+    if prompt == FEW_SHOT:
+        rng = random.Random(seed)
+        return [fewshot_prompt(task, x, rng) for x in inputs]
+    raise ValueError(f"prompt: {prompt!r} is not one of {(FEW_SHOT, ZERO_SHOT)}")
+
+
+def default_max_new_tokens(task: Task, tokenizer, references: Sequence[str]) -> int:
+    """Room for the longest reference and some slack, since a small model may say a few words before its label."""
+    longest = max(len(ids) for ids in tokenizer([format_completion(r) for r in references], add_special_tokens=False)["input_ids"])
+    if task.is_classification:
+        return longest + 8
+    return min(256, int(longest * 1.5) + 8)
+
+
+def _text_tokenizer(processing_class):
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy completions, leaving the model's train/eval mode and the tokenizer's padding side as they were."""
+    tokenizer = _text_tokenizer(tokenizer)
+    padding_side, was_training = tokenizer.padding_side, model.training
+    model.eval()
+    try:
+        engine = TransformersEngine(model, tokenizer, batch_size=batch_size)
+        outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=OUTPUT_STOP))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return [o[0].strip() for o in outputs]
+
+
+def _across_processes(fn: Callable[[list], list], items: list) -> list:
+    """Run `fn` on this process's share of `items` and return every process's results in the original order.
+
+    Under torch.distributed (a multi-process Trainer) each rank decodes a strided shard, which also
+    balances prompt lengths; every rank gets the full list back so they agree on the metric.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn(items)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, fn(items[rank::world]))
+    out: list = [None] * len(items)
+    for r, part in enumerate(gathered):
+        out[r::world] = part
+    return out
+
+
+@contextmanager
+def base_weights(model):
+    """The model without its adapter, when it has one: the 'before' of a LoRA run."""
+    from peft import PeftModel
+
+    with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
+        yield model
+
+
+def score_model(
+    model,
+    tokenizer,
+    task: Task,
+    rows: Optional[Sequence[Example]] = None,
+    *,
+    prompt: str = ZERO_SHOT,
+    model_label: str = "finetuned",
+    batch_size: int = 16,
+    max_new_tokens: Optional[int] = None,
+    seed: int = 0,
+) -> TaskScore:
+    rows = list(rows) if rows is not None else gold_rows(task)
+    references = [r.output for r in rows]
+    tokenizer = _text_tokenizer(tokenizer)
+    budget = max_new_tokens or default_max_new_tokens(task, tokenizer, references)
+    prompts = build_prompts(task, [r.input for r in rows], prompt, seed=seed)
+    predictions = _across_processes(lambda ps: generate(model, tokenizer, ps, budget, batch_size), prompts)
+    value = task_score(task.type, predictions, references, task.labels)
+    return TaskScore(model_label, prompt, metric_name(task.type), value, len(rows), predictions)
+
+
+def score_baseline(model, tokenizer, task: Task, rows=None, **kwargs) -> list[TaskScore]:
+    """The base model with the few-shot prompt (the prompting baseline) and with the zero-shot training prompt."""
+    with base_weights(model):
+        return [score_model(model, tokenizer, task, rows, prompt=p, model_label="base", **kwargs) for p in (FEW_SHOT, ZERO_SHOT)]
+
+
+def format_table(scores: Sequence[TaskScore]) -> str:
+    """Markdown table: one row per (model, prompt), the metric on a 0-100 scale."""
+    if not scores:
+        return "(no evaluation)"
+    metric = scores[0].metric
+    lines = [f"| model | prompt | {metric} | rows |", "|---|---|---:|---:|"]
+    lines += [f"| {s.model} | {s.prompt} | {s.value:.1f} | {s.num_rows} |" for s in scores]
+    return "\n".join(lines)
+
+
+def load_for_evaluation(
+    model_name_or_path: Optional[str] = None,
+    adapter: Optional[str] = None,
+    *,
+    load_in_4bit: bool = False,
+    dtype: str = "auto",
+):
+    """Base model (and tokenizer), 4-bit when asked; with `adapter`, a PeftModel around it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .quantization import nf4_config
+    from .student import resolve_dtype, resolve_student
+
+    path = resolve_student(model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    kwargs = {"quantization_config": nf4_config()} if load_in_4bit else {"dtype": resolve_dtype(dtype)}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_base_model(adapter: str) -> Optional[str]:
+    """The base model an adapter folder was trained on, as recorded by PEFT."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+def evaluate_task(
+    task,
+    model_name_or_path: Optional[str] = None,
+    adapter: Optional[str] = None,
+    *,
+    load_in_4bit: bool = False,
+    limit: Optional[int] = None,
+    batch_size: int = 16,
+    dtype: str = "auto",
+) -> list[TaskScore]:
+    """The prompting baseline, and the adapter when given, on the task's gold rows."""
+    task = Task.load(task)
+    rows = gold_rows(task, limit)
+    if adapter and model_name_or_path is None:
+        model_name_or_path = adapter_base_model(adapter)
+    model, tokenizer = load_for_evaluation(model_name_or_path, adapter, load_in_4bit=load_in_4bit, dtype=dtype)
+    scores = score_baseline(model, tokenizer, task, rows, batch_size=batch_size)
+    if adapter:
+        scores.append(score_model(model, tokenizer, task, rows, batch_size=batch_size))
+    return scores

@@ -1,0 +1,65 @@
+"""4-bit loading for QLoRA: the bitsandbytes check and the one quantisation setting the project uses."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+class MissingBitsandbytesError(ImportError):
+    pass
+
+
+def require_bitsandbytes() -> None:
+    """Fail before any model is loaded when 4-bit is asked for and bitsandbytes cannot be imported."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # a broken install raises more than ImportError (missing native library, ...)
+        raise MissingBitsandbytesError(
+            f"4-bit QLoRA needs bitsandbytes, which cannot be imported ({type(e).__name__}: {e}). "
+            "Fix: `pip install bitsandbytes`, or train without quantisation with `--finetuning lora` or `--finetuning full`"
+        ) from None
+
+
+def nf4_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's setting: nf4 weights, quantised quantisation constants, bf16 matmuls (also on CPU)."""
+    from transformers import BitsAndBytesConfig
+
+    require_bitsandbytes()
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def quantization_summary(config) -> dict:
+    """What a model card says about a BitsAndBytesConfig."""
+    return {
+        "bits": 4,
+        "quant_type": config.bnb_4bit_quant_type,
+        "double_quant": config.bnb_4bit_use_double_quant,
+        "compute_dtype": str(config.bnb_4bit_compute_dtype).replace("torch.", ""),
+        "library": "bitsandbytes",
+    }
+
+
+@contextmanager
+def trainable_4bit_layout(model):
+    """Evaluate a 4-bit model that is being trained without breaking its training.
+
+    On CPUs with AVX512-BF16, a bitsandbytes Linear4bit in eval mode repacks its weight, once and for
+    good, into a layout for an inference kernel (gemv_4bit) that has no backward. Training after such
+    an evaluation would silently drop the gradient that flows through every frozen 4-bit layer into
+    the LoRA weights below it. Inside this block those layers keep the trainable layout.
+    """
+    layers = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.support_avx512bf16_for_cpu = True
