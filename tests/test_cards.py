@@ -1,0 +1,155 @@
+import pytest
+from datasets import Dataset, DatasetDict
+from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from selfguide import FilterReport, Task
+from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore
+from selfguide.hub import save_dataset_for_hub
+from selfguide.hub_cards import (
+    CardValidationError,
+    DataSummary,
+    ModelCardInfo,
+    render_dataset_card,
+    render_model_card,
+    validate_dataset_card,
+    validate_model_card,
+)
+
+from tests.sft_helpers import task_rows
+
+
+@pytest.fixture
+def task(sentiment_task_dict):
+    return Task.load(sentiment_task_dict)
+
+
+@pytest.fixture
+def report():
+    r = FilterReport()
+    r.add("input_generation", 40, 30, {"empty": 4, "too_long": 6})
+    r.add("output_annotation", 30, 24, {"no_majority": 6})
+    return r
+
+
+@pytest.fixture
+def scores():
+    return [
+        TaskScore("base", FEW_SHOT, "exact_match", 50.0, 4),
+        TaskScore("base", ZERO_SHOT, "exact_match", 25.0, 4),
+        TaskScore("finetuned", ZERO_SHOT, "exact_match", 75.0, 4),
+    ]
+
+
+def _info(task, report, **overrides):
+    data = DataSummary(
+        method="SELF-GUIDE",
+        source="load_dataset('selfguide', task='sentiment.json', num_examples=64, seed=0)",
+        writer_sentence="the base model wrote and labelled itself (SELF-GUIDE)",
+        train_rows=24,
+        test_rows=4,
+        report=report,
+        hub_id="tester/sentiment-data",
+        settings={"synthesis model": "embedded:gemma-3-270m", "num_examples": 64},
+    )
+    fields = dict(
+        model_name="sentiment-qlora",
+        task=task,
+        base_model="embedded:gemma-3-270m",
+        base_model_id="google/gemma-3-270m",
+        finetuning="qlora",
+        data=data,
+        adapter={"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        quantization={"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16", "library": "bitsandbytes"},
+        license="gemma",
+        repo_id="tester/sentiment-qlora",
+    )
+    fields.update(overrides)
+    return ModelCardInfo(**fields)
+
+
+def test_model_card_metadata_round_trips_through_the_hub_parser(task, report, scores):
+    card = render_model_card(_info(task, report), scores, {"learning_rate": 2e-4, "steps": 24})
+    reread = ModelCard(str(card))
+    meta = reread.data.to_dict()
+    assert meta["base_model"] == "google/gemma-3-270m"
+    assert meta["library_name"] == "peft"
+    assert meta["license"] == "gemma"
+    assert meta["datasets"] == ["tester/sentiment-data"]
+    assert {"selfguide", "qlora", "trl"} <= set(meta["tags"])
+    name, results = model_index_to_eval_results(meta["model-index"])
+    assert name == "sentiment-qlora"
+    assert [(r.metric_config, r.metric_value) for r in results] == [
+        ("base-few-shot", 50.0),
+        ("base-zero-shot", 25.0),
+        ("finetuned-zero-shot", 75.0),
+    ]
+    assert all(r.task_type == "text-classification" and r.metric_type == "exact_match" and r.dataset_split == "test" for r in results)
+
+
+def test_model_card_body_states_data_training_and_scores(task, report, scores):
+    text = str(render_model_card(_info(task, report), scores, {"learning_rate": 2e-4, "steps": 24}))
+    assert "| finetuned | zero-shot | 75.0 | 4 |" in text
+    assert "| input_generation | 40 | 30 | too_long: 6, empty: 4 |" in text
+    assert "4-bit nf4, double quantisation on, compute dtype bfloat16" in text
+    assert "LoRA r=16, alpha=32" in text
+    assert "| learning_rate | 0.0002 |" in text
+    assert "PeftModel.from_pretrained(model, 'tester/sentiment-qlora')" in text
+    assert "Intended use and limits" in text
+
+
+def test_full_finetune_card_and_local_base_model(task, scores):
+    info = _info(task, None, finetuning="full", adapter=None, quantization=None, base_model="/models/mine", base_model_id=None, license=None)
+    card = render_model_card(info, scores[:1], {"steps": 3})
+    meta = ModelCard(str(card)).data.to_dict()
+    assert meta["library_name"] == "transformers"
+    assert "base_model" not in meta
+    assert "`/models/mine` (local)" in card.text
+    assert "The dataset carries no filter report." in card.text
+
+
+def test_card_without_scores_has_no_model_index(task, report):
+    card = render_model_card(_info(task, report), [], {"steps": 1})
+    assert "model-index" not in ModelCard(str(card)).data.to_dict()
+    assert "No evaluation was run" in card.text
+
+
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        ("base_model: not a//valid id\n", "base_model"),
+        ("model-index:\n- name: m\n  results:\n  - task: {type: text-classification}\n    dataset: {name: d, type: d}\n"
+         "    metrics:\n    - {type: exact_match, value: high}\n", "non-numeric"),
+        ("model-index:\n- name: m\n  results:\n  - metrics: [{type: exact_match, value: 1}]\n", "cannot be parsed"),
+        ("pipeline_tag: image-classification\n", "pipeline_tag"),
+    ],
+)
+def test_model_card_validation_rejects_bad_metadata(header, problem):
+    with pytest.raises(CardValidationError, match=problem):
+        validate_model_card(f"---\n{header}---\n# card\n")
+
+
+def test_dataset_card_and_hub_layout(tmp_path, task, report):
+    dataset = DatasetDict({"train": Dataset.from_list(task_rows(task, task.examples)), "test": Dataset.from_list(task_rows(task, task.gold))})
+    data = _info(task, report).data
+    folder = save_dataset_for_hub(dataset, tmp_path / "dataset", task, data, license="gemma")
+    assert sorted(p.name for p in (folder / "data").iterdir()) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    meta = DatasetCard.load(folder / "README.md").data.to_dict()
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}, {"split": "test", "path": "data/test-*"}]}]
+    assert meta["task_categories"] == ["text-classification"]
+    assert meta["size_categories"] == ["n<1K"]
+    text = (folder / "README.md").read_text()
+    assert "| output_annotation | 30 | 24 | no_majority: 6 |" in text
+    assert "Columns: input, output, prompt, completion." in text
+    # The layout loads back as the Hub would serve it.
+    from datasets import load_dataset
+
+    reloaded = load_dataset(str(folder))
+    assert reloaded["train"]["completion"] == dataset["train"]["completion"]
+
+
+def test_dataset_card_validation_checks_files(tmp_path, task, report):
+    card = render_dataset_card(task, _info(task, report).data, ["input"], ["train"])
+    validate_dataset_card(card)
+    with pytest.raises(CardValidationError, match="no file"):
+        validate_dataset_card(card, tmp_path)
