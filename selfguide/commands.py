@@ -1,0 +1,115 @@
+"""The `selfguide evaluate` and `selfguide demo` subcommands; cli.py attaches them to its parser."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+DEMO_TASK = "demo_support_tickets.yaml"
+
+
+def demo_task_path() -> Path:
+    return Path(str(files("selfguide") / "tasks" / DEMO_TASK))
+
+
+def demo_config_path() -> Path:
+    return Path(str(files("selfguide.recipes") / "configs" / "demo.yaml"))
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score the prompting baseline, and an adapter, on a task's gold rows",
+        description="Scores the base model with the few-shot prompt (the prompting baseline) and the zero-shot "
+        "prompt, and with --adapter the finetuned model with the zero-shot training prompt: greedy decoding, "
+        "the task's metric, the same code as the training callback.",
+    )
+    p.add_argument("--task", required=True, help="task spec: YAML/JSON, or a Natural Instructions task file")
+    p.add_argument("--model", default=None, help="base model: Hub id, folder or .gguf (default: the adapter's base, else the embedded student)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id to score as the finetuned model")
+    p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit nf4, as QLoRA trained it")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", dest="json_path", default=None, help="also write the scores to this JSON file")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _report_input_error(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def run_evaluate(args) -> int:
+    import json
+
+    from .evaluation import evaluate_task, format_table
+    from .quantization import MissingBitsandbytesError
+    from .task import TaskSpecError
+
+    try:
+        scores = evaluate_task(
+            args.task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size
+        )
+    except (TaskSpecError, MissingBitsandbytesError, FileNotFoundError) as e:
+        return _report_input_error(e)
+    print(format_table(scores))
+    if args.json_path:
+        rows = [{"model": s.model, "prompt": s.prompt, "metric": s.metric, "value": s.value, "rows": s.num_rows} for s in scores]
+        Path(args.json_path).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def add_demo_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole loop on the shipped example task: synthesize, QLoRA-finetune, evaluate, write the card",
+        description="Runs recipes/configs/demo.yaml on the embedded student: SELF-GUIDE synthesizes training data "
+        "for a 3-way support-ticket classification task, QLoRA finetunes on it, and the base model (few-shot) "
+        "and the adapter (zero-shot) are scored on 42 gold rows. Prints the before/after table.",
+    )
+    p.add_argument("--output-dir", default="outputs/demo", help="where the adapter, its README.md card and the dataset go")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the config's)")
+    p.add_argument("--num-examples", type=int, default=None, help="synthetic rows to ask for (default: the config's)")
+    p.add_argument("--model", default=None, help="student to use instead of the embedded one")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push the adapter and the dataset to this Hub repo")
+    p.set_defaults(func=run_demo)
+    return p
+
+
+def demo_argv(args) -> list[str]:
+    argv = ["--config", str(demo_config_path()), "--task", str(demo_task_path()), "--output_dir", args.output_dir]
+    for flag, value in (("--max_steps", args.max_steps), ("--num_examples", args.num_examples), ("--model_name_or_path", args.model)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.push_to_hub:
+        argv += ["--push_to_hub", "true", "--hub_model_id", args.push_to_hub, "--push_dataset", "true"]
+    return argv
+
+
+def run_demo(args) -> int:
+    from .recipes.sft import INPUT_ERRORS, main, parse_args
+
+    start = time.perf_counter()
+    try:
+        result = main(*parse_args(demo_argv(args)))
+    except INPUT_ERRORS as e:
+        return _report_input_error(e)
+    minutes = (time.perf_counter() - start) / 60
+    print("\nBefore and after finetuning, on the task's gold rows:\n")
+    print(result.table())
+    print(f"\nadapter and model card: {result.output_dir}/ (README.md)")
+    print(f"synthetic dataset and its card: {result.output_dir / 'dataset'}/")
+    for kind, url in result.pushed.items():
+        print(f"pushed {kind}: {url}")
+    print(f"done in {minutes:.1f} min")
+    return 0

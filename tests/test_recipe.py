@@ -1,0 +1,206 @@
+"""The SFT recipe end to end on small random models: one process and two, QLoRA, LoRA and full finetuning."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfguide import Task
+from selfguide.quantization import MissingBitsandbytesError
+from selfguide.recipes.sft import RecipeError, build, parse_args, run
+from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def task(sentiment_task_dict):
+    return Task.load(sentiment_task_dict)
+
+
+@pytest.fixture
+def task_file(tmp_path, sentiment_task_dict) -> Path:
+    path = tmp_path / "sentiment.json"
+    path.write_text(json.dumps(sentiment_task_dict))
+    return path
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, task) -> Path:
+    return save_task_dataset(task, tmp_path / "data", task.examples * 4, task.gold)
+
+
+def recipe_args(task_file, dataset_dir, model_dir, output_dir, **overrides) -> list[str]:
+    settings = {
+        "task": task_file,
+        "dataset_name": dataset_dir,
+        "model_name_or_path": model_dir,
+        "output_dir": output_dir,
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "gradient_checkpointing": "false",
+        "save_strategy": "no",
+        "report_to": "none",
+        **overrides,
+    }
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+
+
+def test_qlora_run_saves_adapter_cards_and_best_checkpoint(task_file, dataset_dir, qlora_model_dir, tmp_path):
+    out = tmp_path / "out"
+    base_before = tree_digest(qlora_model_dir)
+    result = run(
+        recipe_args(
+            task_file, dataset_dir, qlora_model_dir, out,
+            eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+            load_best_model_at_end="true", metric_for_best_model="exact_match",
+        )
+    )
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "model.safetensors").exists()  # the adapter only, never a copy of the base
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(qlora_model_dir) and adapter["r"] == 16
+    assert tree_digest(qlora_model_dir) == base_before
+
+    for step in (1, 2):
+        checkpoint = out / f"checkpoint-{step}"
+        assert (checkpoint / "README.md").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    evaluated = [e for e in state["log_history"] if "eval_exact_match" in e]
+    assert [e["step"] for e in evaluated] == [1, 2] and all("eval_loss" in e for e in evaluated)
+    assert state["best_metric"] == max(e["eval_exact_match"] for e in evaluated)
+    assert all(math.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)
+
+    card = (out / "README.md").read_text()
+    assert "4-bit nf4, double quantisation on, compute dtype bfloat16" in card
+    assert [s.label for s in result.scores] == ["base model, few-shot prompt", "base model, zero-shot prompt", "finetuned model, zero-shot prompt"]
+    assert f"| finetuned | zero-shot | {result.scores[-1].value:.1f} | 4 |" in card
+    assert result.metrics == {"eval_exact_match": result.scores[-1].value}
+
+
+def test_loss_is_on_the_completion_only(task_file, dataset_dir, tiny_model_dir, tmp_path):
+    run_ = build(*parse_args(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out", finetuning="lora")))
+    trainer = run_.trainer
+    batch = next(iter(trainer.get_train_dataloader()))
+    tokenizer = trainer.processing_class
+    rows = {r["prompt"]: r["completion"] for r in run_.dataset["train"]}
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        text = tokenizer.decode(ids[labels != -100])
+        prompt = tokenizer.decode(ids[(labels == -100) & (ids != tokenizer.pad_token_id)])
+        assert text == rows[prompt] + tokenizer.eos_token
+
+
+def test_full_finetuning_learns_what_the_evaluation_scores(task, task_file, tiny_model_dir, tmp_path):
+    # Trained on the gold rows themselves, the model must score 100 with the zero-shot training prompt:
+    # training and evaluation format the same text and read the label back the same way.
+    data = save_task_dataset(task, tmp_path / "gold-data", task.gold * 8)
+    result = run(
+        recipe_args(task_file, data, tiny_model_dir, tmp_path / "out", finetuning="full", max_steps=40,
+                    learning_rate=5e-3, per_device_train_batch_size=8, eval_baseline="false")
+    )
+    assert [s.value for s in result.scores] == [100.0]
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
+    assert "library_name: transformers" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_lora_adapter_on_the_full_precision_base(task_file, dataset_dir, tiny_model_dir, tmp_path):
+    run(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out", finetuning="lora", max_steps=1, eval_baseline="false"))
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA"
+    assert "Quantisation" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_two_processes_with_accelerate_launch(task_file, dataset_dir, qlora_model_dir, tmp_path):
+    out = tmp_path / "out"
+    config = tmp_path / "two.yaml"
+    args = recipe_args(task_file, dataset_dir, qlora_model_dir, out, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=2)
+    config.write_text(yaml.safe_dump({k[2:]: v for k, v in zip(args[::2], args[1::2])}))
+    # `--cpu` would pick accelerate's single-process launcher; `--multi_gpu` starts torch.distributed workers,
+    # which the recipe puts on the CPU (gloo) when the machine has no GPU.
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()), "recipes/sft.py", "--config", str(config)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "| processes | 2 |" in card and "| total_train_batch_size | 4 |" in card
+    assert "| finetuned | zero-shot |" in card and "eval_exact_match" not in proc.stderr[-200:]
+
+
+# -- bad input stops before training ---------------------------------------------------------------
+
+
+def test_missing_dataset_folder(task_file, tiny_model_dir, tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        run(recipe_args(task_file, tmp_path / "missing", tiny_model_dir, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_config_key_names_the_nearest(tmp_path, task_file):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"task": str(task_file), "lerning_rate": 0.1, "output_dir": str(tmp_path / "out")}))
+    with pytest.raises(RecipeError, match="config key 'lerning_rate' does not exist \\(did you mean 'learning_rate'\\?\\)"):
+        parse_args(["--config", str(config)])
+    with pytest.raises(RecipeError, match="flag 'lora_rankk' does not exist"):
+        parse_args(["--task", "t", "--lora_rankk", "8"])
+
+
+def test_4bit_without_bitsandbytes(monkeypatch, task_file, dataset_dir, tiny_model_dir, tmp_path):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
+    with pytest.raises(MissingBitsandbytesError, match="--finetuning lora"):
+        run(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_training_split(task, task_file, tiny_model_dir, tmp_path):
+    empty = save_task_dataset(task, tmp_path / "empty", [], task.gold)
+    with pytest.raises(RecipeError, match="training split 'train' is empty"):
+        run(recipe_args(task_file, empty, tiny_model_dir, tmp_path / "out", finetuning="lora"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewrite_task_dict):
+    args = recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out")
+    with pytest.raises(RecipeError, match="task: missing"):
+        run(args[2:])
+    no_gold = tmp_path / "no_gold.json"
+    no_gold.write_text(json.dumps({**rewrite_task_dict, "test": []}))
+    with pytest.raises(RecipeError, match="has no gold rows"):
+        run(recipe_args(no_gold, dataset_dir, tiny_model_dir, tmp_path / "out", eval_strategy="steps"))
+    with pytest.raises(RecipeError, match="tokens are not taken as arguments"):
+        run(args + ["--hub_token", "hf_should_not_be_here"])
+    with pytest.raises(RecipeError, match="push_dataset"):
+        run(args + ["--push_dataset", "true"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(config, task_file):
+    data_args, training_args, model_args = parse_args(["--config", str(config), "--task", str(task_file)])
+    assert model_args.finetuning == "qlora" and training_args.output_dir
+
+
+@pytest.mark.slow
+def test_recipe_on_the_embedded_student(tmp_path):
+    from selfguide.commands import demo_task_path
+
+    task = Task.load(demo_task_path())
+    data = save_task_dataset(task, tmp_path / "data", task.examples * 3, task.gold)
+    out = tmp_path / "out"
+    result = run(
+        ["--task", str(demo_task_path()), "--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2",
+         "--per_device_train_batch_size", "4", "--learning_rate", "2e-4", "--logging_steps", "1", "--gradient_checkpointing",
+         "false", "--save_strategy", "no", "--eval_baseline", "false", "--max_eval_rows", "6"]
+    )
+    assert (out / "adapter_model.safetensors").is_file()
+    [after] = result.scores
+    assert after.model == "finetuned" and after.num_rows == 6
+    card = (out / "README.md").read_text()
+    assert "base_model: google/gemma-3-270m" in card and "license: gemma" in card
+    loss = float(card.split("| final_train_loss | ")[1].split(" ")[0])
+    assert math.isfinite(loss) and loss > 0
