@@ -51,13 +51,12 @@ def run_evaluate(args) -> int:
 
     from .evaluation import evaluate_task, format_table
     from .quantization import MissingBitsandbytesError
-    from .task import TaskSpecError
 
     try:
         scores = evaluate_task(
             args.task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size
         )
-    except (TaskSpecError, MissingBitsandbytesError, FileNotFoundError) as e:
+    except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)
     print(format_table(scores))
     if args.json_path:

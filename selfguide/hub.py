@@ -101,10 +101,12 @@ def push_folder(
                 wait = backoff_s * 2 ** (attempt - 1)
                 logger.warning("push attempt %d/%d failed (%s); retrying in %.1fs", attempt, attempts, e, wait)
                 time.sleep(wait)
+    command = f"hf upload {repo_id} {folder}" + (" --repo-type dataset" if repo_type == "dataset" else "")
+    command += "".join(f" --exclude '{p}'" for p in ignore_patterns or [])
     raise HubPushError(
         f"push of {folder} to {repo_type} repo '{repo_id}' failed after {attempts} attempts: {last}. "
-        f"The local output in {folder} is intact. Fix: check the network and the Hub status, then upload it with "
-        f"`hf upload {repo_id} {folder}{' --repo-type ' + repo_type if repo_type != 'model' else ''}`"
+        f"The local output in {folder} is intact. Fix: check the network and the Hub status, then push again "
+        f"or upload it with `{command}`"
     ) from last
 
 
