@@ -23,6 +23,10 @@ from ..task import Task, TaskSpecError
 logger = logging.getLogger(__name__)
 
 
+class NoRowsError(RuntimeError):
+    """Every synthetic row was filtered out; the message carries the filter report and the fix."""
+
+
 @dataclass
 class TaskDatasetConfig(datasets.BuilderConfig):
     """Knobs common to every method. `task` is a path (NI V2 task file, YAML, JSON), a dict or a `Task`."""
@@ -53,6 +57,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
 class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = TaskDatasetConfig
     METHOD = "synthetic"
+    NO_ROWS_FIX = "loosen the filter that dropped most rows, or use a stronger model"
 
     # -- what a method provides ------------------------------------------------------------------
 
@@ -110,9 +115,9 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
         report = FilterReport()
         rows = self.synthesize(task, Journal(self.work_dir / "journal.jsonl"), report)
         if not rows:
-            raise RuntimeError(
+            raise NoRowsError(
                 f"{self.METHOD}: no synthetic row survived the filters for task '{task.name}'.\n{report.summary()}\n"
-                "Fix: raise max_rounds, loosen the filter that dropped most rows, or use a stronger model. "
+                f"Fix: {self.NO_ROWS_FIX}. "
                 f"Finished batches are kept in {self.work_dir} and reused on the next run."
             )
         if len(rows) < self.config.num_examples:

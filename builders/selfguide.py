@@ -74,6 +74,7 @@ class SelfGuideConfig(TaskDatasetConfig):
 class SelfGuide(TaskDatasetBuilder):
     BUILDER_CONFIG_CLASS = SelfGuideConfig
     METHOD = "SELF-GUIDE"
+    NO_ROWS_FIX = "raise max_rounds, loosen the filter that dropped most rows, or use a stronger model"
 
     def provenance_features(self):
         return {

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from .builders.base import NoRowsError
+from .commands import add_demo_parser, add_evaluate_parser
+from .engines import ServerError
 from .task import TaskSpecError
 
 
@@ -29,6 +32,14 @@ def generate(args: argparse.Namespace) -> int:
     kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **dict(args.set))
     if args.model:
         kwargs["model"] = args.model
+    if args.method == "rebase":
+        if not args.datastore:
+            raise ValueError("--datastore: required with --method rebase. Fix: pass a folder made by selfguide.rebase.build_datastore")
+        kwargs["datastore"] = str(Path(args.datastore).resolve())
+        if args.base_url:
+            kwargs["base_url"] = args.base_url
+    elif args.datastore or args.base_url:
+        raise ValueError("--datastore/--base-url: only used by --method rebase. Fix: add --method rebase or drop them")
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
     dataset = load_dataset(args.method, **kwargs)
@@ -51,10 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-examples", type=int, default=64)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--output-dir", required=True)
-    gen.add_argument("--method", choices=["selfguide"], default="selfguide")
+    gen.add_argument("--method", choices=["selfguide", "rebase"], default="selfguide", help="SELF-GUIDE (the student invents inputs) or ReBase (rewrite retrieved rows)")
+    gen.add_argument("--datastore", help="ReBase: datastore folder made by selfguide.rebase.build_datastore")
+    gen.add_argument("--base-url", help="ReBase: OpenAI-compatible server that rewrites the rows (--model then names the served model)")
     gen.add_argument("--cache-dir", help="datasets cache directory (default: HF_DATASETS_CACHE)")
     gen.add_argument("--set", type=_knob, action="append", default=[], metavar="KEY=VALUE", help="any builder config knob, e.g. --set max_rounds=5")
     gen.set_defaults(func=generate)
+    add_evaluate_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 
@@ -62,7 +77,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (TaskSpecError, ValueError, FileNotFoundError) as e:
+    except (TaskSpecError, ValueError, FileNotFoundError, ServerError, NoRowsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -127,3 +127,16 @@ def test_missing_or_unfinished_datastores_fail_before_any_work(tmp_path):
     (tmp_path / "half" / ".build").mkdir(parents=True)
     with pytest.raises(DatastoreError, match="incomplete"):
         _load(tmp_path / "half", "http://127.0.0.1:9", tmp_path / "cache")
+
+
+def test_cli_rebase_errors_exit_cleanly(store, tmp_path):
+    import subprocess
+    import sys
+
+    port = free_port()
+    base = [sys.executable, "-m", "selfguide.cli", "generate", str(TASK), "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    down = subprocess.run(base + ["--method", "rebase", "--datastore", str(store.path), "--base-url", f"http://127.0.0.1:{port}", "--set", "max_retries=0"],
+                          capture_output=True, text=True, timeout=300)
+    assert down.returncode == 2 and f"http://127.0.0.1:{port}" in down.stderr and "Traceback" not in down.stderr
+    missing = subprocess.run(base + ["--method", "rebase"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "--datastore" in missing.stderr
