@@ -30,7 +30,10 @@ class TaskEvalCallback(TrainerCallback):
     `state.log_history`, so it is kept in `trainer_state.json`. With `baseline=True` the base model is
     also scored once when training starts, with the few-shot prompt and the zero-shot one, under
     `base_fewshot_<metric>` and `base_zeroshot_<metric>`: the 'before' of the model card's table.
-    Under several processes each one decodes a share of the rows.
+    Under several processes each one decodes a share of the rows. A 4-bit model is evaluated in its
+    trainable layout (`selfguide.quantization.trainable_4bit_layout`); with QLoRA on a CPU, also call
+    `keep_4bit_trainable(model)` before training if the Trainer computes an evaluation loss, as the
+    recipe does.
     """
 
     def __init__(

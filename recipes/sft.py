@@ -33,7 +33,13 @@ from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from
 from selfguide.evaluation import TaskScore, format_table, gold_rows
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
-from selfguide.quantization import MissingBitsandbytesError, nf4_config, quantization_summary, require_bitsandbytes
+from selfguide.quantization import (
+    MissingBitsandbytesError,
+    keep_4bit_trainable,
+    nf4_config,
+    quantization_summary,
+    require_bitsandbytes,
+)
 from selfguide.student import DEFAULT_STUDENT, resolve_dtype, resolve_student
 from selfguide.task import Task, TaskSpecError
 
@@ -147,9 +153,6 @@ class RecipeResult:
     scores: list[TaskScore]
     metrics: dict
     pushed: dict[str, str] = field(default_factory=dict)
-
-    def table(self) -> str:
-        return format_table(self.scores)
 
 
 def make_parser() -> TrlParser:
@@ -313,6 +316,7 @@ def load_model(model_args: ModelArguments, path: str, training_args: RecipeConfi
             use_gradient_checkpointing=training_args.gradient_checkpointing,
             gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
         )
+        keep_4bit_trainable(model)
     peft_config = None
     if model_args.finetuning != "full":
         targets = model_args.lora_target_modules
@@ -333,7 +337,8 @@ def card_info(data_args, training_args, model_args, task, student_path, data_sum
     if embedded:
         base_id, note = EMBEDDED_BASE_MODEL_ID, (
             "The base weights were dequantised from the Q4_K_M GGUF of Gemma 3 270M that selfguide embeds, not "
-            f"loaded from `{EMBEDDED_BASE_MODEL_ID}` itself; the adapter also loads on those, with slightly different numbers."
+            f"loaded from `{EMBEDDED_BASE_MODEL_ID}` itself. The adapter loads on the original weights too; the scores "
+            "there may differ by a little."
         )
     else:
         local = Path(model_args.model_name_or_path).expanduser().exists()
@@ -432,7 +437,7 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
         if run.push:
             pushed["model"] = push_adapter(output_dir, repo_id).commit_url
     scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows)
-    trainer.accelerator.print(format_table(scores))
+    trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores)}")
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.
     trainer.model_wrapped = trainer.model

@@ -104,8 +104,6 @@ def run_demo(args) -> int:
     except INPUT_ERRORS as e:
         return _report_input_error(e)
     minutes = (time.perf_counter() - start) / 60
-    print("\nBefore and after finetuning, on the task's gold rows:\n")
-    print(result.table())
     print(f"\nadapter and model card: {result.output_dir}/ (README.md)")
     print(f"synthetic dataset and its card: {result.output_dir / 'dataset'}/")
     for kind, url in result.pushed.items():

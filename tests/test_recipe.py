@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from selfguide import Task
@@ -93,6 +94,28 @@ def test_loss_is_on_the_completion_only(task_file, dataset_dir, tiny_model_dir, 
         text = tokenizer.decode(ids[labels != -100])
         prompt = tokenizer.decode(ids[(labels == -100) & (ids != tokenizer.pad_token_id)])
         assert text == rows[prompt] + tokenizer.eos_token
+
+
+def test_evaluation_during_qlora_training_leaves_the_gradients_intact(task_file, dataset_dir, qlora_model_dir, tmp_path):
+    # bitsandbytes repacks 4-bit weights for a backward-less CPU kernel on the first eval-mode pass
+    # (AVX512-BF16 CPUs); the recipe's model must keep training correctly after evaluations.
+    argv = recipe_args(task_file, dataset_dir, qlora_model_dir, tmp_path / "out", eval_strategy="steps", lora_dropout=0.0)
+    trainer = build(*parse_args(argv)).trainer
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    # lora_B: at initialisation lora_A's gradient is zero whatever flows back (B is zero).
+    lora_b = next(p for n, p in model.named_parameters() if "layers.0.self_attn.q_proj.lora_B" in n)
+
+    def first_layer_grad():
+        model.train()
+        model.zero_grad()
+        model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}).loss.backward()
+        return lora_b.grad.clone()
+
+    before = first_layer_grad()
+    assert before.abs().sum() > 0
+    trainer.evaluate()  # the Trainer's evaluation loss, then the task callback's generations
+    assert torch.equal(first_layer_grad(), before)
 
 
 def test_full_finetuning_learns_what_the_evaluation_scores(task, task_file, tiny_model_dir, tmp_path):
