@@ -29,6 +29,7 @@ from typing import Any, Optional
 import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
+from selfguide.builders.base import NoRowsError
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from_log_history
 from selfguide.evaluation import TaskScore, format_table, gold_rows
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
@@ -54,7 +55,7 @@ class RecipeError(ValueError):
 
 
 # Errors whose message already says what to fix: the script prints them without a traceback.
-INPUT_ERRORS = (RecipeError, TaskSpecError, MissingBitsandbytesError, HubPushError)
+INPUT_ERRORS = (RecipeError, TaskSpecError, MissingBitsandbytesError, HubPushError, NoRowsError)
 
 
 @dataclass
