@@ -49,10 +49,12 @@ def main() -> None:
     parser.add_argument("--num-examples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", help="auto: bf16 where the CPU has native bf16, else float32")
+    parser.add_argument("--name", default="synthesis_throughput", help="results file stem")
     args = parser.parse_args()
 
     task = Task.load(args.task)
-    model, tokenizer = load_student(args.model)
+    model, tokenizer = load_student(args.model, dtype=args.dtype)
     engine = RecordingEngine(model, tokenizer, batch_size=args.batch_size)
     engine.generate(["warm-up"], SamplingParams(max_new_tokens=8))
     engine.calls, engine.tokens = [], 0
@@ -76,6 +78,7 @@ def main() -> None:
         "task": task.name,
         "task_type": task.type,
         "model": args.model or "embedded gemma-3-270m (GGUF Q4_K_M, dequantized)",
+        "dtype": str(model.dtype),
         "num_examples": args.num_examples,
         "rows_kept": len(rows),
         "engine_calls": len(engine.calls),
@@ -90,7 +93,8 @@ def main() -> None:
             "# SELF-GUIDE synthesis throughput",
             "",
             f"Task `{task.name}` ({task.type}), {args.num_examples} rows requested, {len(rows)} kept, "
-            f"{len(engine.calls)} engine calls replayed; `python benchmarks/synthesis_throughput.py`.",
+            f"{len(engine.calls)} engine calls replayed, weights in {model.dtype}; "
+            f"`python benchmarks/synthesis_throughput.py --dtype {args.dtype}`.",
             "",
             markdown_table(
                 ["", "seconds", "generated tokens", "tokens/s"],
@@ -103,7 +107,7 @@ def main() -> None:
             f"**Ratio pipeline / bare: {pipeline_tps / bare_tps:.3f}** (target ≥ 0.9). Machine: {machine()}",
         ]
     )
-    write_results("synthesis_throughput", payload, md)
+    write_results(args.name, payload, md)
 
 
 if __name__ == "__main__":

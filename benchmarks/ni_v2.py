@@ -1,0 +1,255 @@
+"""The SELF-GUIDE paper's protocol on Natural Instructions V2: the student prompted vs finetuned on its own data.
+
+For every task it scores, on a seeded sample of the paper's own split (the same rows every run):
+  baseline    the student prompted with the instruction and every demonstration (greedy)
+  self_guide  load_dataset("selfguide", ...) then recipes/sft.py (QLoRA), the adapter scored zero-shot
+  in_context  the same synthetic rows used as extra demonstrations instead of finetuning
+  rebase      load_dataset("rebase", ...) on the shared datastore pool, finetuned the same way
+and beside them the no-model references on the same rows: the majority label (classification) and
+the input copied as the answer (generation). Each finished (task, method) is appended to a JSONL
+file, so a stopped run continues where it stopped.
+
+    python benchmarks/ni_v2.py                 # the 11 tasks of ../shared/data/ni/tasks, default settings
+    python benchmarks/ni_v2.py --quick         # two tasks, small settings
+    python benchmarks/ni_v2.py path/to/taskNNN_x.json --methods baseline,self_guide
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+from common import SHARED_DATA, machine, markdown_table, write_results
+
+import selfguide  # noqa: F401  (registers the builders)
+from selfguide import Task
+from selfguide.evaluation import FEW_SHOT, generate, load_for_evaluation, score_model
+from selfguide.metrics import metric_name, rouge_l, task_score
+from selfguide.prompts import format_prompt
+
+METHODS = ("baseline", "self_guide", "in_context", "rebase")
+HERE = Path(__file__).resolve().parent
+# Pool rows derived from the evaluation tasks' own sources (see the pool's SOURCE.md).
+CONTAMINATED = ("ni/task20*", "ni/task1554*")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("tasks", nargs="*", help="extra NI task files, scored beside the shared ones")
+    p.add_argument("--quick", action="store_true", help="two tasks and small settings (about 20 minutes)")
+    p.add_argument("--tasks-dir", default=str(SHARED_DATA / "ni" / "tasks"))
+    p.add_argument("--split", default="test", choices=["test", "validation"])
+    p.add_argument("--eval-rows", type=int, default=60)
+    p.add_argument("--num-examples", type=int, default=48)
+    p.add_argument("--max-steps", type=int, default=12)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--in-context-rows", type=int, default=4)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
+    p.add_argument("--datastore-rows", type=int, default=300, help="pool rows kept per source dataset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="results file stem (default ni_v2, or ni_v2_quick)")
+    p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
+    args = p.parse_args()
+    if args.quick:
+        args.eval_rows, args.num_examples, args.max_steps = 30, 16, 6
+    args.name = args.name or ("ni_v2_quick" if args.quick else "ni_v2")
+    args.methods = [m.strip() for m in args.methods.split(",")]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    return args
+
+
+def task_files(args) -> list[Path]:
+    files = sorted(Path(args.tasks_dir).glob("task*.json")) + [Path(t) for t in args.tasks]
+    if args.quick:
+        shared = [f for f in files if f.parent == Path(args.tasks_dir)]
+        kinds = {}
+        for f in shared:  # first classification and first generation task
+            kinds.setdefault(Task.load(f).type, f)
+        files = list(kinds.values()) + [Path(t) for t in args.tasks]
+    return files
+
+
+def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
+    """The NI task with its gold rows replaced by a seeded sample of the paper's split, written as a spec."""
+    task = Task.load(path)
+    number = task.name.split("_")[0]
+    split_file = SHARED_DATA / "ni" / "splits" / args.split / f"{number}.jsonl"
+    if split_file.exists():
+        rows = [json.loads(line) for line in split_file.read_text().splitlines()]
+        rows = [{"input": r["input_col"], "output": r["output_col"]} for r in rows]
+    else:  # an extra task without a paper split: its own instances
+        rows = [{"input": g.input, "output": g.output} for g in task.gold]
+    rows = random.Random(f"{args.seed}:{task.name}").sample(rows, min(args.eval_rows, len(rows)))
+    spec = task.to_dict() | {"test": rows}
+    if task.is_classification:
+        spec["labels"] = sorted(set(task.labels) | {r["output"] for r in rows})
+    spec_path = work / "tasks" / f"{task.name}.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    return Task.load(spec_path), spec_path
+
+
+def references(task: Task) -> dict:
+    refs = [g.output for g in task.gold]
+    if task.is_classification:
+        majority = Counter(refs).most_common(1)[0][0]
+        return {"majority_label": task_score(task.type, [majority] * len(refs), refs, task.labels)}
+    return {"copy_input": 100 * statistics.fmean(rouge_l(g.input, g.output) for g in task.gold)}
+
+
+def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
+    from selfguide.recipes.sft import run
+
+    out = work / method / spec.stem
+    argv = [
+        "--task", str(spec), "--synthesis_method", "selfguide" if method == "self_guide" else "rebase",
+        "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
+        "--synthesis_kwargs", json.dumps(extra), "--eval_baseline", "false",
+        "--output_dir", str(out), "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
+        "--per_device_train_batch_size", "8", "--max_length", "256", "--warmup_steps", "2",
+        "--logging_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
+        "--gradient_checkpointing", "false", "--seed", str(args.seed),
+    ]
+    result = run(argv)
+    return next(s.value for s in result.scores if s.model == "finetuned")
+
+
+def in_context(task: Task, spec: Path, args, model, tokenizer) -> float:
+    from datasets import load_dataset
+
+    from selfguide.student import resolve_student
+
+    # The same arguments as the recipe's synthesis call, so this is a cache hit on the self_guide data.
+    knobs = {"num_examples": args.num_examples, "seed": args.seed, **json.loads(args.synthesis_kwargs)}
+    synthetic = load_dataset("selfguide", task=str(spec), model=resolve_student(None), **knobs)["train"]
+    rng = random.Random(args.seed)
+    picked = rng.sample(range(len(synthetic)), min(args.in_context_rows, len(synthetic)))
+    extra = [selfguide.Example(synthetic[i]["input"], synthetic[i]["output"]) for i in picked]
+    prompts = []
+    for g in task.gold:
+        shots = list(task.examples) + extra
+        rng.shuffle(shots)
+        prompts.append(format_prompt(task, g.input, shots))
+    budget = 16 if task.is_classification else 96
+    predictions = generate(model, tokenizer, prompts, budget)
+    return task_score(task.type, predictions, [g.output for g in task.gold], task.labels)
+
+
+def datastore_path(args, work: Path) -> str:
+    from selfguide.rebase.datastore import build_datastore
+
+    pool = SHARED_DATA / "datastore" / "pool.jsonl"
+    target = work / f"datastore-{args.datastore_rows}"
+    build_datastore(str(pool), target, max_rows_per_config=args.datastore_rows)
+    return str(target)
+
+
+def run_method(method, task, spec, args, work, base) -> float:
+    if method == "baseline":
+        return score_model(*base, task, prompt=FEW_SHOT, model_label="base", seed=args.seed).value
+    if method == "in_context":
+        return in_context(task, spec, args, *base)
+    if method == "self_guide":
+        return finetune(spec, method, args, work, json.loads(args.synthesis_kwargs))
+    return finetune(spec, method, args, work, {"datastore": datastore_path(args, work), "exclude_datasets": list(CONTAMINATED)})
+
+
+def summarize(results: list[dict], args, wall_s: float) -> None:
+    by_task: dict[str, dict] = {}
+    for r in results:
+        by_task.setdefault(r["task"], {"type": r["type"], "metric": r["metric"], **r["references"]})[r["method"]] = r["score"]
+    header = ["task", "type", "metric", "reference", *args.methods, "gain (best method - max(baseline, reference))"]
+    rows, gains = [], {"classification": [], "generation": []}
+    for name, t in by_task.items():
+        ref = t.get("majority_label", t.get("copy_input"))
+        trained = [t[m] for m in ("self_guide", "rebase") if m in t]
+        gain = (max(trained) - max(t.get("baseline", 0.0), ref)) if trained else None
+        if gain is not None:
+            gains[t["type"]].append(gain)
+        rows.append([name, t["type"], t["metric"], f"{ref:.1f}", *[f"{t[m]:.1f}" if m in t else "-" for m in args.methods],
+                     f"{gain:+.1f}" if gain is not None else "-"])
+    means = []
+    for kind in ("classification", "generation"):
+        tasks = [t for t in by_task.values() if t["type"] == kind]
+        if not tasks:
+            continue
+        ref_key = "majority_label" if kind == "classification" else "copy_input"
+        cells = [f"{statistics.fmean(t[m] for t in tasks if m in t):.1f}" if any(m in t for t in tasks) else "-" for m in args.methods]
+        means.append([f"**mean {kind}** ({len(tasks)})", kind, metric_name(kind), f"{statistics.fmean(t[ref_key] for t in tasks):.1f}",
+                      *cells, f"{statistics.fmean(gains[kind]):+.1f}" if gains[kind] else "-"])
+    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir")}
+    md = "\n".join([
+        f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings)",
+        "",
+        f"Student: embedded Gemma 3 270M base. {args.eval_rows} seeded rows of the paper's `{args.split}` split per task; "
+        f"{args.num_examples} synthetic rows; QLoRA {args.max_steps} steps at lr {args.learning_rate}. "
+        "Reference: the majority label of the scored rows (classification, exact match) or the input copied as the "
+        "answer (generation, ROUGE-L). A gain counts only over the better of the prompting baseline and the reference.",
+        "",
+        markdown_table(header, rows + means),
+        "",
+        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`; wall time {wall_s / 60:.1f} min (this run's share; "
+        "resumed runs add up in the JSON). Settings: `" + json.dumps(settings) + "`",
+        "",
+        f"![scores]({args.name}.png)",
+    ])
+    write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "machine": machine()}, md)
+    plot(by_task, args)
+
+
+def plot(by_task: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(by_task)
+    series = ["reference", *args.methods]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
+    width = 0.8 / len(series)
+    for i, s in enumerate(series):
+        values = [t.get("majority_label", t.get("copy_input")) if s == "reference" else t.get(s, 0.0) for t in by_task.values()]
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=s, color="lightgray" if s == "reference" else None)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], [n.split("_")[0] for n in names], rotation=45)
+    ax.set_ylabel("exact match / ROUGE-L")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "results" / f"{args.name}.png", dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    progress = work / f"{args.name}.partial.jsonl"
+    done = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    finished = {(r["task"], r["method"]) for r in done}
+    start, base = time.perf_counter(), None
+    for path in task_files(args):
+        task, spec = eval_task(path, args, work)
+        for method in args.methods:
+            if (task.name, method) in finished:
+                continue
+            if method in ("baseline", "in_context") and base is None:
+                base = load_for_evaluation(None)
+            t0 = time.perf_counter()
+            score = run_method(method, task, spec, args, work, base)
+            record = {"task": task.name, "type": task.type, "metric": metric_name(task.type), "method": method,
+                      "score": score, "references": references(task), "seconds": time.perf_counter() - t0}
+            print(json.dumps(record), flush=True)
+            with progress.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            done.append(record)
+    summarize(done, args, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
