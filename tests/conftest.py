@@ -19,9 +19,8 @@ _CORPUS = [
 
 def build_tiny_model(path: Path, vocab_size: int = 320) -> Path:
     """A randomly initialised 2-layer Llama with a byte-level BPE tokenizer trained here: no download."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -33,11 +32,19 @@ def build_tiny_model(path: Path, vocab_size: int = 320) -> Path:
     )
     tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return save_random_llama(path, tokenizer)
+
+
+def save_random_llama(path: Path, tokenizer, hidden_size: int = 32, intermediate_size: int = 64) -> Path:
+    """A 2-layer Llama with random (seeded) weights around `tokenizer`, saved with it at `path`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,

@@ -15,27 +15,11 @@ def build_qlora_model(path: Path, tokenizer_dir: Path) -> Path:
 
     The shared tiny model's 32-wide layers train in 4-bit but cannot be packed for CPU inference.
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    from tests.conftest import save_random_llama
+
+    return save_random_llama(path, AutoTokenizer.from_pretrained(tokenizer_dir), hidden_size=128, intermediate_size=256)
 
 
 @pytest.fixture(scope="session")
