@@ -135,7 +135,7 @@ def worker(variant: str, recipe_argv: list[str], out: Path) -> None:
 # -- the driver ------------------------------------------------------------------------------------
 
 
-def _dataset(task_path: Path, folder: Path) -> Path:
+def _dataset(task_path: Path, folder: Path, eval_rows: int) -> Path:
     """Training rows from the task's demonstrations (as many as a 64-row synthetic set), gold rows as test."""
     from datasets import Dataset, DatasetDict
 
@@ -148,7 +148,7 @@ def _dataset(task_path: Path, folder: Path) -> Path:
         return Dataset.from_list([{"prompt": training_prompt(task, e.input), "completion": format_completion(e.output)} for e in examples])
 
     train = (task.examples * (64 // len(task.examples) + 1))[:64]
-    DatasetDict({"train": rows(train), "test": rows(task.gold)}).save_to_disk(str(folder))
+    DatasetDict({"train": rows(train), "test": rows(task.gold[:eval_rows])}).save_to_disk(str(folder))
     return folder
 
 
@@ -172,8 +172,8 @@ def _markdown(result: dict) -> str:
     lines = [
         "# Training overhead: recipe (with callbacks) vs bare SFTTrainer",
         "",
-        f"{s['model']}, {s['finetuning']}, batch {s['batch_size']}, {s['steps']} steps per run, {s['repeats']} runs per variant "
-        f"(alternating), evaluation every {s['eval_steps']} steps on {s['eval_rows']} gold rows. Device: {result['machine']['device']}, "
+        f"{s['model']}, {s['finetuning']}, batch {s['batch_size']}, {s['threads']} CPU thread(s), {s['steps']} steps per run, {s['repeats']} runs per variant "
+        f"(alternating), evaluation every {s['eval_steps']} steps on {s['eval_rows']} gold rows (loss, and in the recipe the task metric). Device: {result['machine']['device']}, "
         f"{result['machine']['cpus']} CPUs; load average {result['machine']['load_before']} before, {result['machine']['load_after']} after.",
         "",
         "| | bare SFTTrainer | recipe | ratio |",
@@ -206,6 +206,11 @@ def main() -> None:
     parser.add_argument("--eval_rows", type=int, default=12)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="CPU threads per run (OMP_NUM_THREADS). One by default: on a shared machine, OpenMP threads spinning "
+        "at barriers turn other processes' load into noise far larger than the overhead measured",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "train_overhead"))
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--worker_out", help=argparse.SUPPRESS)
@@ -217,7 +222,7 @@ def main() -> None:
         return worker(args.worker, recipe_argv, Path(args.worker_out))
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = _dataset(Path(args.task), Path(tmp) / "data")
+        data = _dataset(Path(args.task), Path(tmp) / "data", args.eval_rows)
         recipe_argv = [
             "--task", args.task, "--dataset_name", str(data), "--finetuning", args.finetuning,
             "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
@@ -234,13 +239,16 @@ def main() -> None:
                 out = Path(tmp) / f"{variant}-{i}.json"
                 cmd = [sys.executable, __file__, "--worker", variant, "--worker_out", str(out), "--", *recipe_argv,
                        "--output_dir", str(Path(tmp) / f"run-{variant}-{i}")]
-                subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+                proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if proc.returncode:
+                    sys.exit(f"{variant} run {i + 1} failed:\n{proc.stderr[-3000:]}")
                 runs[variant].append(json.loads(out.read_text()))
                 print(f"{variant} run {i + 1}: median step {statistics.median(runs[variant][-1]['step_s'][1:]):.3f}s", flush=True)
 
     bare, recipe = _summary(runs["bare"]), _summary(runs["recipe"])
     result = {
-        "settings": {"model": args.model or "embedded Gemma 3 270M", "finetuning": args.finetuning, "steps": args.steps,
+        "settings": {"model": args.model or "embedded Gemma 3 270M", "finetuning": args.finetuning, "steps": args.steps, "threads": args.threads,
                      "eval_steps": args.eval_steps, "eval_rows": args.eval_rows, "batch_size": args.batch_size, "repeats": args.repeats},
         "machine": {"device": runs["bare"][0]["device"], "cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)},
