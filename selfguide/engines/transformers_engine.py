@@ -38,54 +38,109 @@ class TransformersEngine(Engine):
         for start in range(0, len(order), self.batch_size):
             yield start // self.batch_size, order[start : start + self.batch_size]
 
+    def _encode(self, texts: list[str]) -> dict:
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        # Positions count real tokens only, as generate() derives them, so a left-padded row reads
+        # the same as it would alone.
+        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return enc
+
+    def _prefill(self, enc: dict, repeats: int):
+        """The KV cache of every prompt but its last token, each row repeated `repeats` times.
+
+        generate() with num_return_sequences copies each prompt before encoding it, so n samples
+        cost n prefills; encoding once and copying the cache costs one.
+        """
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=enc["input_ids"][:, :-1],
+                attention_mask=enc["attention_mask"][:, :-1],
+                position_ids=enc["position_ids"][:, :-1],
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        cache = out.cache
+        cache.batch_repeat_interleave(repeats)
+        return cache
+
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         results: list[list[str]] = [[] for _ in prompts]
         do_sample = params.temperature > 0
-        kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=do_sample,
-            num_return_sequences=params.n,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id)
         if do_sample:
             kwargs.update(temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
         else:
             kwargs.update(temperature=None, top_k=None, top_p=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        n = params.n
         for b, idx in self._batches(prompts):
-            enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(self.device)
+            enc = self._encode([prompts[i] for i in idx])
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 if params.seed is not None:
                     torch.manual_seed(params.seed * 100_003 + b)
                 with torch.inference_mode():
-                    out = self.model.generate(**enc, **kwargs)
+                    if n > 1 and enc["input_ids"].shape[1] > 1:
+                        kwargs["cache"] = self._prefill(enc, n)
+                    out = self.model.generate(
+                        input_ids=enc["input_ids"].repeat_interleave(n, dim=0),
+                        attention_mask=enc["attention_mask"].repeat_interleave(n, dim=0),
+                        **kwargs,
+                    )
             texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, i in enumerate(idx):
-                results[i] = [truncate_at_stop(t, params.stop) for t in texts[j * params.n : (j + 1) * params.n]]
+                results[i] = [truncate_at_stop(t, params.stop) for t in texts[j * n : (j + 1) * n]]
         return results
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """Log-likelihood of each continuation after its prompt.
+
+        Each distinct prompt is encoded once and its cache shared by all its continuations (the
+        labels of a classification task), and the vocabulary projection runs only where a
+        continuation token is predicted: with a 262k vocabulary that projection, at every prompt
+        position, would cost more than the model itself.
+        """
         tok = self.tokenizer
         scores = [0.0] * len(prompts)
-        pairs = [p + c for p, c in zip(prompts, continuations)]
-        for _, idx in self._batches(pairs):
-            prompt_ids = [tok(prompts[i])["input_ids"] for i in idx]
-            cont_ids = [tok(continuations[i], add_special_tokens=False)["input_ids"] for i in idx]
-            rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, r in enumerate(rows):  # right padding: positions of the continuation stay simple
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+        pairs_of: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            pairs_of.setdefault(p, []).append(i)
+        unique = list(pairs_of)
+        for _, idx in self._batches(unique):
+            enc = self._encode([unique[u] for u in idx])
             with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for j, i in enumerate(idx):
-                start, end = len(prompt_ids[j]), len(rows[j])
-                targets = ids[j, start:end].to(self.device)
-                scores[i] = logprobs[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum().item()
+                out = self.model(**enc, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            owner = [j for j, u in enumerate(idx) for _ in pairs_of[unique[u]]]
+            pair = [i for u in idx for i in pairs_of[unique[u]]]
+            conts = [tok(continuations[i], add_special_tokens=False)["input_ids"] for i in pair]
+            width = max(len(c) for c in conts)
+            if width == 0:
+                continue
+            ids = torch.full((len(conts), width), tok.pad_token_id, dtype=torch.long)
+            for r, c in enumerate(conts):  # right padding: a continuation's pads come after it, so never seen
+                ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
+            rows = torch.tensor(owner, device=self.device)
+            cache = out.cache
+            cache.reorder_cache(rows)
+            prompt_mask = enc["attention_mask"][rows]
+            start = enc["position_ids"][rows, -1:] + 1
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=torch.cat([prompt_mask, torch.ones_like(ids, device=self.device)], dim=1),
+                    position_ids=start + torch.arange(width, device=self.device),
+                    cache=cache,
+                ).logits
+            later = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            for r, (i, c) in enumerate(zip(pair, conts)):
+                if not c:
+                    continue
+                target = ids[r, : len(c)].to(self.device)
+                total = first[owner[r], target[0]]
+                if len(c) > 1:
+                    total = total + later[r, : len(c) - 1].gather(-1, target[1:, None]).sum()
+                scores[i] = total.item()
         return scores
 
     def count_tokens(self, texts: list[str]) -> int:

@@ -1,0 +1,70 @@
+"""The local engine's shortcuts (one prefill for n samples, one prompt encoding for all labels) must
+give what the plain computation gives, on a Llama and on a Gemma 3 with sliding-window layers."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig, Gemma3ForCausalLM
+
+from selfguide.engines import SamplingParams, TransformersEngine
+
+PROMPTS = ["Review: a fine film. Sentiment:", "Review: dull. Sentiment:", "Review: the plot drags on and on, but the cast is great. Sentiment:"]
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tiny_model_dir, tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def engine(request, tiny_model_dir, gemma_dir):
+    path = tiny_model_dir if request.param == "llama" else gemma_dir
+    return TransformersEngine.from_pretrained(str(path), dtype="float32", batch_size=4)
+
+
+def reference_score(engine, prompt: str, continuation: str) -> float:
+    """Each pair alone, unpadded, with logits at every position."""
+    tok = engine.tokenizer
+    p = tok(prompt)["input_ids"]
+    c = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([p + c])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return sum(logprobs[len(p) - 1 + t, tok_id].item() for t, tok_id in enumerate(c))
+
+
+def test_score_matches_scoring_each_pair_alone(engine):
+    conts = [" positive", " negative", " very mixed feelings"]
+    prompts = [p for p in PROMPTS for _ in conts]
+    got = engine.score(prompts, conts * len(PROMPTS))
+    want = [reference_score(engine, p, c) for p, c in zip(prompts, conts * len(PROMPTS))]
+    assert got == pytest.approx(want, abs=1e-3)
+    assert len(set(round(x, 3) for x in got)) > len(conts), "scores must depend on the prompt"
+
+
+def test_score_of_an_empty_continuation_is_zero(engine):
+    assert engine.score([PROMPTS[0], PROMPTS[0]], ["", " positive"])[0] == 0.0
+
+
+def test_n_samples_share_one_prefill_without_changing_greedy_output(engine):
+    one = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=8))
+    three = engine.generate(PROMPTS, SamplingParams(temperature=0.0, n=3, max_new_tokens=8))
+    assert [o * 3 for o in one] == three
+
+
+def test_greedy_output_matches_plain_generate_on_each_prompt_alone(engine):
+    got = engine.generate(PROMPTS, SamplingParams(temperature=0.0, n=2, max_new_tokens=8))
+    tok = engine.tokenizer
+    for prompt, outputs in zip(PROMPTS, got):
+        enc = tok(prompt, return_tensors="pt")
+        out = engine.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert outputs == [tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)] * 2
