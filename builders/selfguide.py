@@ -15,7 +15,7 @@ from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
 
 LABEL_STRATEGIES = ("likelihood", "vote")
-BALANCE_MODES = ("cap", "downsample", "none")
+BALANCE_MODES = ("cap", "downsample", "rank", "none")
 
 
 @dataclass
@@ -62,6 +62,8 @@ class SelfGuideConfig(TaskDatasetConfig):
             raise ValueError(f"label_strategy: {self.label_strategy!r} is not one of {LABEL_STRATEGIES}")
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance: {self.balance!r} is not one of {BALANCE_MODES}")
+        if self.balance == "rank" and self.label_strategy != "likelihood":
+            raise ValueError("balance: 'rank' orders rows by their label likelihoods. Fix: set label_strategy='likelihood' or another balance")
         if not 0 < self.min_majority <= 1:
             raise ValueError(f"min_majority: must be in (0, 1], got {self.min_majority}")
         if not 0 <= self.min_low_quality <= self.max_low_quality:

@@ -44,6 +44,14 @@ def test_load_dataset_from_an_empty_folder(tmp_path, tiny_model_dir, monkeypatch
     assert report["class_balance"]["out"] >= len(train)
 
 
+def test_rank_balance_gives_equal_classes(tmp_path, tiny_model_dir):
+    ds = _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path / "cache", num_examples=6, balance="rank")
+    labels = ds["train"]["output"]
+    assert len(labels) == 6 and labels.count("positive") == labels.count("negative") == 3
+    assert "label_scores" not in ds["train"].column_names
+    assert selfguide.filter_report(ds).to_dict()["rank_balance"]["out"] == 6
+
+
 def test_second_call_does_no_model_work_and_knobs_change_the_key(tmp_path):
     model = build_tiny_model(tmp_path / "model")
     task = FIXTURES / "rewrite_task.json"
@@ -72,6 +80,8 @@ def test_builder_class_is_usable_directly(tmp_path, tiny_model_dir):
 def test_bad_knobs_fail_before_any_model_work(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="label_strategy"):
         _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, label_strategy="guess")
+    with pytest.raises(ValueError, match="balance: 'rank'.*Fix"):
+        _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, label_strategy="vote", balance="rank")
     with pytest.raises(selfguide.TaskSpecError, match="task"):
         load_dataset("selfguide", cache_dir=str(tmp_path))
 

@@ -6,7 +6,7 @@ import pytest
 
 from selfguide import Task
 from selfguide.engines import SamplingParams, TransformersEngine
-from selfguide.synthesis.class_balance import class_cap, downsample_to_smallest, to_label
+from selfguide.synthesis.class_balance import assign_by_rank, class_cap, downsample_to_smallest, to_label
 from selfguide.synthesis.input_filters import InputFilter, length_window, required_markers
 from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label, generate_inputs
 from selfguide.synthesis.label_calibration import label_by_likelihood
@@ -98,6 +98,18 @@ def test_class_balance():
     rows = [{"output": "a"}] * 5 + [{"output": "b"}] * 2
     out = downsample_to_smallest([dict(r, i=i) for i, r in enumerate(rows)], seed=0)
     assert sorted(r["output"] for r in out) == ["a", "a", "b", "b"]
+
+
+def test_rank_balance_labels_each_row_by_its_margin():
+    import math
+
+    # The argmax of every row is "a"; the order still says which rows are most "b"-like.
+    probs = [[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45], [0.7, 0.3], [0.95, 0.05]]
+    rows = [{"input": f"x{i}", "output": "a", "label_scores": [math.log(p) for p in ps]} for i, ps in enumerate(probs)]
+    out = assign_by_rank(rows, ["a", "b"], size=4)
+    assert {r["input"]: r["output"] for r in out} == {"x0": "a", "x5": "a", "x2": "b", "x3": "b"}
+    assert all("label_scores" not in r for r in out)
+    assert [round(r["agreement"], 2) for r in out] == [0.9, 0.4, 0.45, 0.95]
 
 
 def test_output_filter_copies_and_length(rewrite_task_dict):

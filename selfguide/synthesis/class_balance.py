@@ -32,3 +32,34 @@ def downsample_to_smallest(rows: list[dict], seed: int) -> list[dict]:
 
 def class_counts(rows: Sequence[dict]) -> Counter:
     return Counter(r["output"] for r in rows)
+
+
+def assign_by_rank(rows: list[dict], labels: Sequence[str], size: int) -> list[dict]:
+    """`size` rows in equal classes, each labelled with the class the model ranks it highest for.
+
+    A small student's calibrated label scores still lean towards one class, so their argmax fills
+    one class and starves the others. What the scores do carry is the order: the rows most
+    confidently in a class relative to the others. Rows are taken by margin (the class's
+    log-probability minus the best other class's), highest first, while their class has room.
+    """
+    per_class = class_cap(size, labels)
+    pairs = []
+    for i, row in enumerate(rows):
+        scores = row["label_scores"]
+        for c, label in enumerate(labels):
+            margin = scores[c] - max(s for k, s in enumerate(scores) if k != c)
+            pairs.append((-margin, i, label))
+    taken: dict[int, str] = {}
+    counts: Counter = Counter()
+    for _, i, label in sorted(pairs):
+        if i not in taken and counts[label] < per_class:
+            taken[i] = label
+            counts[label] += 1
+    chosen = sorted(taken)[:size] if len(taken) > size else sorted(taken)
+    out = []
+    for i in chosen:
+        row = {k: v for k, v in rows[i].items() if k != "label_scores"}
+        row["output"] = taken[i]
+        row["agreement"] = math.exp(rows[i]["label_scores"][list(labels).index(taken[i])])
+        out.append(row)
+    return out

@@ -64,5 +64,5 @@ def label_by_likelihood(
         scores = [s - b for s, b in zip(flat[i * len(labels) : (i + 1) * len(labels)], baseline[k])]
         probs = _softmax(scores)
         best = max(range(len(labels)), key=probs.__getitem__)
-        result.append(Annotation(labels[best], 1, probs[best]))
+        result.append(Annotation(labels[best], 1, probs[best], label_scores=[math.log(q) for q in probs]))
     return result

@@ -23,6 +23,7 @@ class Annotation:
     votes: int
     agreement: float
     reason: Optional[str] = None  # why no output was chosen
+    label_scores: Optional[list[float]] = None  # likelihood labelling: calibrated log-probability of each label
 
 
 def annotation_prompts(task: Task, inputs: Sequence[str], seed: int) -> list[str]:

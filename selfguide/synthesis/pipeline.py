@@ -19,7 +19,7 @@ from ..journal import Journal
 from ..prompts import OUTPUT_STOP
 from ..report import FilterReport
 from ..task import Example, Task
-from .class_balance import class_cap, class_counts, downsample_to_smallest, to_label
+from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest, to_label
 from .input_filters import DEFAULT_NOISE_PATTERNS, InputFilter
 from .input_generation import INPUT_STOP, InputCandidate, build_input_prompt, draw_target_label, input_max_new_tokens
 from .label_calibration import label_by_likelihood
@@ -39,7 +39,8 @@ class SelfGuidePipeline:
         self.progress = progress
         cfg = config
         self.labels = task.labels if task.is_classification else None
-        self.cap = class_cap(cfg.num_examples, self.labels) if self.labels and cfg.balance != "none" else None
+        # "rank" labels the pool only once it is complete, so no class can be full before then.
+        self.cap = class_cap(cfg.num_examples, self.labels) if self.labels and cfg.balance in ("cap", "downsample") else None
         self.input_filter = InputFilter(
             gold_inputs=[e.input for e in task.examples],
             instruction=task.instruction,
@@ -126,7 +127,10 @@ class SelfGuidePipeline:
             if a.output is None:
                 drops[a.reason] = drops.get(a.reason, 0) + 1
             else:
-                annotated.append({"input": text, "output": a.output, "round": round_index, "votes": a.votes, "agreement": a.agreement})
+                row = {"input": text, "output": a.output, "round": round_index, "votes": a.votes, "agreement": a.agreement}
+                if self.labels and self.cfg.balance == "rank":
+                    row["label_scores"] = a.label_scores
+                annotated.append(row)
         self.report.add("output_annotation", len(kept), len(annotated), drops)
         return self._post_filter(annotated, rows)
 
@@ -168,6 +172,10 @@ class SelfGuidePipeline:
                 rows.extend(new)
                 bar.update(min(len(new), max(0, cfg.num_examples - bar.n)))
         bar.close()
+        if self.labels and cfg.balance == "rank" and rows:
+            ranked = assign_by_rank(rows, self.labels, cfg.num_examples)
+            self.report.add("rank_balance", len(rows), len(ranked), {"class_balance": len(rows) - len(ranked)})
+            rows = ranked
         if self.labels and cfg.balance == "downsample" and rows:
             balanced = downsample_to_smallest(rows, cfg.seed)
             self.report.add("downsample", len(rows), len(balanced), {"class_balance": len(rows) - len(balanced)})
