@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 CONTAMINATED = ("ni/task20*", "ni/task1554*")
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", nargs="*", help="extra NI task files, scored beside the shared ones")
     p.add_argument("--quick", action="store_true", help="two tasks and small settings (about 20 minutes)")
@@ -55,11 +55,21 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="results file stem (default ni_v2, or ni_v2_quick)")
     p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
-    args = p.parse_args()
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only every N-th task starting at I, one CPU thread: N such processes share the cores "
+                        "and the partial file; a last run without --shard writes the table")
+    args = p.parse_args(argv)
     if args.quick:
         args.eval_rows, args.num_examples, args.max_steps = 30, 16, 6
     args.name = args.name or ("ni_v2_quick" if args.quick else "ni_v2")
     args.methods = [m.strip() for m in args.methods.split(",")]
+    if args.shard:
+        try:
+            index, count = map(int, args.shard.split("/"))
+            assert 0 <= index < count
+        except (ValueError, AssertionError):
+            p.error(f"--shard: expected I/N with 0 <= I < N, got {args.shard!r}")
+        args.shard = (index, count)
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
@@ -74,6 +84,9 @@ def task_files(args) -> list[Path]:
         for f in shared:  # first classification and first generation task
             kinds.setdefault(Task.load(f).type, f)
         files = list(kinds.values()) + [Path(t) for t in args.tasks]
+    if args.shard:
+        index, count = args.shard
+        files = files[index::count]
     return files
 
 
@@ -164,7 +177,7 @@ def run_method(method, task, spec, args, work, base) -> float:
 
 def summarize(results: list[dict], args, wall_s: float) -> None:
     by_task: dict[str, dict] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r["task"]):
         by_task.setdefault(r["task"], {"type": r["type"], "metric": r["metric"], **r["references"]})[r["method"]] = r["score"]
     header = ["task", "type", "metric", "reference", *args.methods, "gain (best method - max(baseline, reference))"]
     rows, gains = [], {"classification": [], "generation": []}
@@ -196,8 +209,9 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         "",
         markdown_table(header, rows + means),
         "",
-        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`; wall time {wall_s / 60:.1f} min (this run's share; "
-        "resumed runs add up in the JSON). Settings: `" + json.dumps(settings) + "`",
+        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Time spent in the methods: "
+        f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON; a resumed or sharded run adds "
+        "its parts). Settings: `" + json.dumps(settings) + "`",
         "",
         f"![scores]({args.name}.png)",
     ])
@@ -225,8 +239,8 @@ def plot(by_task: dict, args) -> None:
     fig.savefig(HERE / "results" / f"{args.name}.png", dpi=120)
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> tuple[list[dict], float]:
+    """Every (task, method) not yet in the run's partial file; returns all records and this call's seconds."""
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     progress = work / f"{args.name}.partial.jsonl"
@@ -248,7 +262,18 @@ def main() -> None:
             with progress.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             done.append(record)
-    summarize(done, args, time.perf_counter() - start)
+    return done, time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    if args.shard:
+        import torch
+
+        torch.set_num_threads(1)
+    done, seconds = run_all(args)
+    if not args.shard:
+        summarize(done, args, seconds)
 
 
 if __name__ == "__main__":

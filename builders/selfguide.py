@@ -34,7 +34,7 @@ class SelfGuideConfig(TaskDatasetConfig):
     inputs_per_prompt: int = 2
     prompts_per_batch: int = 16
     min_low_quality: int = 1
-    max_low_quality: int = 10
+    max_low_quality: int = 3  # "a few"; each one lengthens every input-generation prompt (ANLI: 800+ tokens at 10)
     input_max_new_tokens: Optional[int] = None  # None: 1.5x the longest demonstration input
     max_rounds: int = 10
     oversample: float = 2.0
@@ -52,7 +52,9 @@ class SelfGuideConfig(TaskDatasetConfig):
     min_majority: float = 0.3
     output_max_new_tokens: Optional[int] = None
     # (d) classification balance / generation output filters
-    balance: str = "cap"
+    # None: "rank" with likelihood labels (the argmax of a small student's labels starves every class
+    # but one; see benchmarks/results/ni_v2_tuning.md), else the paper's "cap".
+    balance: Optional[str] = None
     output_length_filter: bool = True
     copy_threshold: float = 0.9
 
@@ -60,6 +62,8 @@ class SelfGuideConfig(TaskDatasetConfig):
         super().__post_init__()
         if self.label_strategy not in LABEL_STRATEGIES:
             raise ValueError(f"label_strategy: {self.label_strategy!r} is not one of {LABEL_STRATEGIES}")
+        if self.balance is None:
+            self.balance = "rank" if self.label_strategy == "likelihood" else "cap"
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance: {self.balance!r} is not one of {BALANCE_MODES}")
         if self.balance == "rank" and self.label_strategy != "likelihood":
