@@ -44,9 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="two tasks and small settings (about 20 minutes)")
     p.add_argument("--tasks-dir", default=str(SHARED_DATA / "ni" / "tasks"))
     p.add_argument("--split", default="test", choices=["test", "validation"])
-    p.add_argument("--eval-rows", type=int, default=60)
-    p.add_argument("--num-examples", type=int, default=48)
-    p.add_argument("--max-steps", type=int, default=12)
+    p.add_argument("--eval-rows", type=int, default=40)
+    p.add_argument("--num-examples", type=int, default=32)
+    p.add_argument("--max-steps", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -127,7 +127,7 @@ def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
         "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
         "--synthesis_kwargs", json.dumps(extra), "--eval_baseline", "false",
         "--output_dir", str(out), "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
-        "--per_device_train_batch_size", "8", "--max_length", "256", "--warmup_steps", "2",
+        "--per_device_train_batch_size", "8", "--max_length", "512", "--warmup_steps", "2",
         "--logging_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
         "--gradient_checkpointing", "false", "--seed", str(args.seed),
     ]

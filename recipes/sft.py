@@ -413,6 +413,13 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
         peft_config=peft_config,
         callbacks=[c for c in (task_callback, card_callback) if c is not None],
     )
+    if len(trainer.train_dataset) == 0:
+        # SFTTrainer drops rows whose completion lies wholly beyond max_length; with none left, torch's
+        # sampler would fail later with a message that names neither.
+        raise RecipeError(
+            f"max_length: every one of the {train.num_rows} training rows is longer than {training_args.max_length} tokens "
+            "before its completion starts, so no row is left to learn from. Fix: raise max_length (or shorten the instruction)"
+        )
     return Run(trainer, task, dataset, card_callback, task_callback, len(eval_rows), push)
 
 

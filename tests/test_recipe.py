@@ -187,6 +187,11 @@ def test_empty_training_split(task, task_file, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_prompts_longer_than_max_length_name_the_fix(task_file, dataset_dir, tiny_model_dir, tmp_path):
+    with pytest.raises(RecipeError, match=r"max_length: every one of the \d+ training rows is longer than 8 tokens.*Fix: raise max_length"):
+        run(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out", finetuning="lora", max_length=8))
+
+
 def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewrite_task_dict):
     args = recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out")
     with pytest.raises(RecipeError, match="task: missing"):
