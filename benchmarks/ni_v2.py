@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="results file stem (default ni_v2, or ni_v2_quick)")
     p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
+    p.add_argument("--report-only", action="store_true", help="write the table from the finished records and run nothing")
+    p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th task starting at I, one CPU thread: N such processes share the cores "
                         "and the partial file; a last run without --shard writes the table")
@@ -195,10 +197,14 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         if not tasks:
             continue
         ref_key = "majority_label" if kind == "classification" else "copy_input"
-        cells = [f"{statistics.fmean(t[m] for t in tasks if m in t):.1f}" if any(m in t for t in tasks) else "-" for m in args.methods]
+        cells = []
+        for m in args.methods:
+            have = [t[m] for t in tasks if m in t]
+            # A mean over fewer tasks than the row's is not comparable with the others; say so.
+            cells.append("-" if not have else f"{statistics.fmean(have):.1f}" + ("" if len(have) == len(tasks) else f" ({len(have)} of {len(tasks)})"))
         means.append([f"**mean {kind}** ({len(tasks)})", kind, metric_name(kind), f"{statistics.fmean(t[ref_key] for t in tasks):.1f}",
                       *cells, f"{statistics.fmean(gains[kind]):+.1f}" if gains[kind] else "-"])
-    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard")}
     md = "\n".join([
         f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings)",
         "",
@@ -213,6 +219,7 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON; a resumed or sharded run adds "
         "its parts). Settings: `" + json.dumps(settings) + "`",
         "",
+        *([args.note, ""] if args.note else []),
         f"![scores]({args.name}.png)",
     ])
     write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "machine": machine()}, md)
@@ -271,7 +278,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-    done, seconds = run_all(args)
+    if args.report_only:
+        progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
+        done, seconds = [json.loads(line) for line in progress.read_text().splitlines()], 0.0
+    else:
+        done, seconds = run_all(args)
     if not args.shard:
         summarize(done, args, seconds)
 
