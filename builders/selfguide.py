@@ -53,7 +53,7 @@ class SelfGuideConfig(TaskDatasetConfig):
     output_max_new_tokens: Optional[int] = None
     # (d) classification balance / generation output filters
     # None: "rank" with likelihood labels (the argmax of a small student's labels starves every class
-    # but one; see benchmarks/results/ni_v2_tuning.md), else the paper's "cap".
+    # but one: on SNLI the 270M student gave no 'E' among 150 inputs), else the paper's "cap".
     balance: Optional[str] = None
     output_length_filter: bool = True
     copy_threshold: float = 0.9

@@ -55,9 +55,8 @@ def assign_by_rank(rows: list[dict], labels: Sequence[str], size: int) -> list[d
         if i not in taken and counts[label] < per_class:
             taken[i] = label
             counts[label] += 1
-    chosen = sorted(taken)[:size] if len(taken) > size else sorted(taken)
     out = []
-    for i in chosen:
+    for i in sorted(taken)[:size]:
         row = {k: v for k, v in rows[i].items() if k != "label_scores"}
         row["output"] = taken[i]
         row["agreement"] = math.exp(rows[i]["label_scores"][list(labels).index(taken[i])])

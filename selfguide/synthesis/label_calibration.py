@@ -19,11 +19,11 @@ from .output_annotation import Annotation
 CONTENT_FREE_INPUT = "N/A"
 
 
-def _softmax(xs: Sequence[float]) -> list[float]:
+def _log_softmax(xs: Sequence[float]) -> list[float]:
+    # In log space, so a label far less likely than the best keeps a finite score for balance="rank".
     m = max(xs)
-    exps = [math.exp(x - m) for x in xs]
-    total = sum(exps)
-    return [e / total for e in exps]
+    log_total = m + math.log(sum(math.exp(x - m) for x in xs))
+    return [x - log_total for x in xs]
 
 
 def label_by_likelihood(
@@ -62,7 +62,7 @@ def label_by_likelihood(
     for i in range(len(inputs)):
         k = i % num_orders
         scores = [s - b for s, b in zip(flat[i * len(labels) : (i + 1) * len(labels)], baseline[k])]
-        probs = _softmax(scores)
-        best = max(range(len(labels)), key=probs.__getitem__)
-        result.append(Annotation(labels[best], 1, probs[best], label_scores=[math.log(q) for q in probs]))
+        logprobs = _log_softmax(scores)
+        best = max(range(len(labels)), key=logprobs.__getitem__)
+        result.append(Annotation(labels[best], 1, math.exp(logprobs[best]), label_scores=logprobs))
     return result
