@@ -96,6 +96,21 @@ def test_loss_is_on_the_completion_only(task_file, dataset_dir, tiny_model_dir, 
         assert text == rows[prompt] + tokenizer.eos_token
 
 
+def test_the_lm_head_projects_only_labelled_positions_with_the_same_loss(task_file, dataset_dir, tiny_model_dir, tmp_path):
+    from trl.trainer import utils as trl_utils
+
+    run_ = build(*parse_args(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out", finetuning="lora")))
+    assert trl_utils._use_triton(torch.device("cpu"))  # TRL's switch for projecting only labelled positions
+    model = run_.trainer.model
+    batch = {k: v.to(model.device) for k, v in next(iter(run_.trainer.get_train_dataloader())).items()}
+    assert (batch["labels"] == -100).any()  # prompt positions that the compact head skips
+    with torch.no_grad():
+        fused = model(**batch, fused_lm_head=True)
+        full = model(**batch)  # the model's own cross-entropy over the full logits
+    assert int(fused.label_mask.sum()) == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(fused.loss, full.loss, rtol=1e-5, atol=1e-5)
+
+
 def test_evaluation_during_qlora_training_leaves_the_gradients_intact(task_file, dataset_dir, qlora_model_dir, tmp_path):
     # bitsandbytes repacks 4-bit weights for a backward-less CPU kernel on the first eval-mode pass
     # (AVX512-BF16 CPUs); the recipe's model must keep training correctly after evaluations.
