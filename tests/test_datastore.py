@@ -236,7 +236,14 @@ def test_same_sources_reuse_a_datastore_and_other_sources_need_overwrite(tmp_pat
 
     monkeypatch.setattr(ds_module, "embed", no_embedding)
     assert build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="Flat").fingerprint == first.fingerprint
+    moved = tmp_path / "elsewhere" / "recipes.csv"  # same bytes, another path and mtime
+    moved.parent.mkdir()
+    moved.write_bytes((FIXTURES / "recipes.csv").read_bytes())
+    assert build_datastore(moved, tmp_path / "store", index_factory="Flat").fingerprint == first.fingerprint
     monkeypatch.setattr(ds_module, "embed", real_embed)
+    moved.write_bytes(moved.read_bytes() + b"\n")
+    with pytest.raises(DatastoreError, match="overwrite=True"):
+        build_datastore(moved, tmp_path / "store", index_factory="Flat")
     with pytest.raises(DatastoreError, match="overwrite=True"):
         build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store")
     second = build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store", overwrite=True)

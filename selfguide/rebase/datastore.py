@@ -136,9 +136,12 @@ def _kind(source: Source) -> str:
 def _fingerprint_source(source: Source, kind: str) -> dict:
     base = {"name": source.name, "description": source.description, "license": source.license}
     if kind == "file":
-        path = Path(source.data).expanduser().resolve()
-        st = path.stat()
-        return {**base, "file": str(path), "size": st.st_size, "mtime": st.st_mtime_ns}
+        # The content, not the path or mtime: a copied or moved file still matches the datastore built from it.
+        digest = hashlib.sha256()
+        with open(Path(source.data).expanduser(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {**base, "file_sha256": digest.hexdigest()}
     if kind == "dataset":
         data = source.data
         parts = {k: d._fingerprint for k, d in data.items()} if isinstance(data, datasets.DatasetDict) else data._fingerprint
