@@ -11,6 +11,7 @@ file, so a stopped run continues where it stopped.
 
     python benchmarks/ni_v2.py                 # the 11 tasks of ../shared/data/ni/tasks, default settings
     python benchmarks/ni_v2.py --quick         # two tasks, small settings
+    python benchmarks/ni_v2.py --jobs 1        # one process with every thread, instead of one per core
     python benchmarks/ni_v2.py path/to/taskNNN_x.json --methods baseline,self_guide
 """
 
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +32,7 @@ from common import SHARED_DATA, machine, markdown_table, write_results
 
 import selfguide  # noqa: F401  (registers the builders)
 from selfguide import Task
+from selfguide.builders.base import NoRowsError
 from selfguide.evaluation import FEW_SHOT, generate, load_for_evaluation, score_model
 from selfguide.metrics import metric_name, rouge_l, task_score
 from selfguide.prompts import format_prompt
@@ -57,9 +62,13 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
     p.add_argument("--report-only", action="store_true", help="write the table from the finished records and run nothing")
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes, one CPU thread each, each taking every N-th task (default: up to 2). On CPU "
+                        "a 270M model decodes small batches with little gain from a second thread, so two processes "
+                        "finish sooner than one with two threads")
     p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only every N-th task starting at I, one CPU thread: N such processes share the cores "
-                        "and the partial file; a last run without --shard writes the table")
+                   help="run only every N-th task starting at I, one CPU thread: what each --jobs worker runs; "
+                        "several such processes share the partial file, and a last run without --shard writes the table")
     args = p.parse_args(argv)
     if args.quick:
         args.eval_rows, args.num_examples, args.max_steps = 30, 16, 6
@@ -75,6 +84,8 @@ def parse_args(argv=None):
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    if args.jobs < 1:
+        p.error(f"--jobs: must be at least 1, got {args.jobs}")
     return args
 
 
@@ -179,17 +190,26 @@ def run_method(method, task, spec, args, work, base) -> float:
 
 def summarize(results: list[dict], args, wall_s: float) -> None:
     by_task: dict[str, dict] = {}
+    no_rows = set()
     for r in sorted(results, key=lambda r: r["task"]):
-        by_task.setdefault(r["task"], {"type": r["type"], "metric": r["metric"], **r["references"]})[r["method"]] = r["score"]
+        t = by_task.setdefault(r["task"], {"type": r["type"], "metric": r["metric"], **r["references"]})
+        if r["score"] is None:
+            no_rows.add((r["task"], r["method"]))
+        else:
+            t[r["method"]] = r["score"]
     header = ["task", "type", "metric", "reference", *args.methods, "gain (best method - max(baseline, reference))"]
     rows, gains = [], {"classification": [], "generation": []}
+
+    def cell(name, t, m):
+        return f"{t[m]:.1f}" if m in t else "no rows" if (name, m) in no_rows else "-"
+
     for name, t in by_task.items():
         ref = t.get("majority_label", t.get("copy_input"))
         trained = [t[m] for m in ("self_guide", "rebase") if m in t]
         gain = (max(trained) - max(t.get("baseline", 0.0), ref)) if trained else None
         if gain is not None:
             gains[t["type"]].append(gain)
-        rows.append([name, t["type"], t["metric"], f"{ref:.1f}", *[f"{t[m]:.1f}" if m in t else "-" for m in args.methods],
+        rows.append([name, t["type"], t["metric"], f"{ref:.1f}", *[cell(name, t, m) for m in args.methods],
                      f"{gain:+.1f}" if gain is not None else "-"])
     means = []
     for kind in ("classification", "generation"):
@@ -215,10 +235,13 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         "",
         markdown_table(header, rows + means),
         "",
-        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Time spent in the methods: "
-        f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON; a resumed or sharded run adds "
-        "its parts). Settings: `" + json.dumps(settings) + "`",
+        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Wall time of the call that wrote this "
+        f"table: {wall_s / 60:.1f} min ({args.jobs} worker process(es); 0 when it only reported). Time spent in the methods: "
+        f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON, summed over workers and "
+        "resumed calls). Settings: `" + json.dumps(settings) + "`",
         "",
+        *([f"\"no rows\": the method kept no synthetic row to train on, so there is no model to score ({len(no_rows)} "
+            "case(s); the filter report is in the JSON record's `no_rows`).", ""] if no_rows else []),
         *([args.note, ""] if args.note else []),
         f"![scores]({args.name}.png)",
     ])
@@ -237,7 +260,8 @@ def plot(by_task: dict, args) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
     width = 0.8 / len(series)
     for i, s in enumerate(series):
-        values = [t.get("majority_label", t.get("copy_input")) if s == "reference" else t.get(s, 0.0) for t in by_task.values()]
+        # A method that did not run on a task gets no bar (NaN), never a bar of height 0 that reads as a score.
+        values = [t.get("majority_label", t.get("copy_input")) if s == "reference" else t.get(s, float("nan")) for t in by_task.values()]
         ax.bar([x + i * width for x in range(len(names))], values, width, label=s, color="lightgray" if s == "reference" else None)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], [n.split("_")[0] for n in names], rotation=45)
     ax.set_ylabel("exact match / ROUGE-L")
@@ -262,9 +286,15 @@ def run_all(args) -> tuple[list[dict], float]:
             if method in ("baseline", "in_context") and base is None:
                 base = load_for_evaluation(None)
             t0 = time.perf_counter()
-            score = run_method(method, task, spec, args, work, base)
+            try:
+                score, failure = run_method(method, task, spec, args, work, base), None
+            except NoRowsError as e:
+                # A method that leaves no row to train on is a result, not a crash: recorded, and the other tasks still run.
+                score, failure = None, str(e)
             record = {"task": task.name, "type": task.type, "metric": metric_name(task.type), "method": method,
                       "score": score, "references": references(task), "seconds": time.perf_counter() - t0}
+            if failure:
+                record["no_rows"] = failure
             print(json.dumps(record), flush=True)
             with progress.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -272,8 +302,28 @@ def run_all(args) -> tuple[list[dict], float]:
     return done, time.perf_counter() - start
 
 
+def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
+    """`run_all` split over `args.jobs` worker processes (`--shard i/N`), then every record of the run."""
+    start = time.perf_counter()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for i in range(args.jobs):
+        log = work / f"{args.name}.shard{i}.log"
+        print(f"worker {i + 1}/{args.jobs}: log in {log}", flush=True)
+        with log.open("a") as f:
+            workers.append((log, subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{args.jobs}"], stdout=f, stderr=subprocess.STDOUT)))
+    failed = [log for log, proc in workers if proc.wait()]
+    if failed:
+        # What the others finished stays in the partial file; a rerun does only what is missing.
+        sys.exit(f"{len(failed)} worker(s) failed; see {', '.join(map(str, failed))}. Rerun the same command to resume")
+    progress = work / f"{args.name}.partial.jsonl"
+    return [json.loads(line) for line in progress.read_text().splitlines()], time.perf_counter() - start
+
+
 def main() -> None:
-    args = parse_args()
+    argv = sys.argv[1:]
+    args = parse_args(argv)
     if args.shard:
         import torch
 
@@ -281,6 +331,8 @@ def main() -> None:
     if args.report_only:
         progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
         done, seconds = [json.loads(line) for line in progress.read_text().splitlines()], 0.0
+    elif args.jobs > 1 and not args.shard:
+        done, seconds = run_jobs(args, argv)
     else:
         done, seconds = run_all(args)
     if not args.shard:
