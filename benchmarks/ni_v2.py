@@ -246,10 +246,10 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         f"![scores]({args.name}.png)",
     ])
     write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "machine": machine()}, md)
-    plot(by_task, args)
+    plot(by_task, no_rows, args)
 
 
-def plot(by_task: dict, args) -> None:
+def plot(by_task: dict, no_rows: set, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +262,13 @@ def plot(by_task: dict, args) -> None:
     for i, s in enumerate(series):
         # A method that did not run on a task gets no bar (NaN), never a bar of height 0 that reads as a score.
         values = [t.get("majority_label", t.get("copy_input")) if s == "reference" else t.get(s, float("nan")) for t in by_task.values()]
-        ax.bar([x + i * width for x in range(len(names))], values, width, label=s, color="lightgray" if s == "reference" else None)
+        xs = [x + i * width for x in range(len(names))]
+        ax.bar(xs, values, width, label=s, color="lightgray" if s == "reference" else None)
+        for x, name, v in zip(xs, names, values):
+            if v != v:  # NaN: say why there is no bar, so it does not read as a score of 0
+                ax.text(x, 1, "no rows" if (name, s) in no_rows else "not run", rotation=90, fontsize=6, ha="center", va="bottom")
+            elif v == 0:  # a real score of 0 has no visible bar either
+                ax.text(x, 1, "0", fontsize=6, ha="center", va="bottom")
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], [n.split("_")[0] for n in names], rotation=45)
     ax.set_ylabel("exact match / ROUGE-L")
     ax.legend(fontsize=8)
