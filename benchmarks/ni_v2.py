@@ -63,9 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="write the table from the finished records and run nothing")
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="worker processes, one CPU thread each, each taking every N-th task (default: up to 2). On CPU "
-                        "a 270M model decodes small batches with little gain from a second thread, so two processes "
-                        "finish sooner than one with two threads")
+                   help="worker processes, one CPU thread each, each taking every N-th task (default: up to 2, "
+                        "the way every timing in benchmarks/results/ni_v2*.md was taken); 1 runs in this process")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th task starting at I, one CPU thread: what each --jobs worker runs; "
                         "several such processes share the partial file, and a last run without --shard writes the table")
