@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one CPU thread each, each taking every N-th task (default: up to 2, "
-                        "the way every timing in benchmarks/results/ni_v2*.md was taken); 1 runs in this process")
+                        "as ni_v2.md and ni_v2_quick.md were timed); 1 runs in this process")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th task starting at I, one CPU thread: what each --jobs worker runs; "
                         "several such processes share the partial file, and a last run without --shard writes the table")
