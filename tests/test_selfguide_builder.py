@@ -71,6 +71,17 @@ def test_task_content_not_path_is_the_cache_key(tmp_path, tiny_model_dir):
     assert a["train"].cache_files == b["train"].cache_files
 
 
+def test_cache_key_covers_the_code_a_builder_runs_and_nothing_else():
+    from selfguide.registry import _imported_files
+
+    for builder, stage in (("selfguide", "synthesis/input_filters.py"), ("rebase", "rebase/transformation.py")):
+        files = {f.as_posix() for f in _imported_files(f"selfguide.builders.{builder}")}
+        for needed in (stage, "prompts.py", "task.py", "engines/transformers_engine.py", f"builders/{builder}.py", "builders/base.py"):
+            assert any(f.endswith("/" + needed) for f in files), (builder, needed)
+        # Evaluation and the CLI write no synthetic row: editing them must not re-synthesize.
+        assert not any(f.endswith(("/evaluation.py", "/cli.py", "/commands.py", "/hub.py")) for f in files), builder
+
+
 def test_builder_class_is_usable_directly(tmp_path, tiny_model_dir):
     builder = SelfGuide(cache_dir=str(tmp_path), task=str(FIXTURES / "rewrite_task.json"), model=str(tiny_model_dir), num_examples=3, **LOOSE)
     builder.download_and_prepare()
