@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--num-examples", type=int, default=32)
     p.add_argument("--max-steps", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--train-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
+                   help="the recipe's --train_prompt: the finetuned model is trained and scored with this prompt")
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
@@ -141,7 +143,7 @@ def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
         "--output_dir", str(out), "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
         "--per_device_train_batch_size", "8", "--max_length", "512", "--warmup_steps", "2",
         "--logging_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
-        "--gradient_checkpointing", "false", "--seed", str(args.seed),
+        "--gradient_checkpointing", "false", "--seed", str(args.seed), "--train_prompt", args.train_prompt,
     ]
     result = run(argv)
     return next(s.value for s in result.scores if s.model == "finetuned")

@@ -47,7 +47,7 @@ class ModelCardCallback(TrainerCallback):
         self.info = info
 
     def write(self, folder, args, state) -> Path:
-        scores = scores_from_log_history(state.log_history, self.info.task, len(self.info.task.gold))
+        scores = scores_from_log_history(state.log_history, self.info.task, len(self.info.task.gold), self.info.train_prompt)
         card = render_model_card(self.info, scores, training_hyperparameters(args, state))
         path = Path(folder) / "README.md"
         path.parent.mkdir(parents=True, exist_ok=True)

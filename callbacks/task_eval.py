@@ -30,6 +30,7 @@ class TaskEvalCallback(TrainerCallback):
     `state.log_history`, so it is kept in `trainer_state.json`. With `baseline=True` the base model is
     also scored once when training starts, with the few-shot prompt and the zero-shot one, under
     `base_fewshot_<metric>` and `base_zeroshot_<metric>`: the 'before' of the model card's table.
+    The finetuned model is scored with `prompt`, which should be the one it is trained with.
     Under several processes each one decodes a share of the rows. A 4-bit model is evaluated in its
     trainable layout (`selfguide.quantization.trainable_4bit_layout`); with QLoRA on a CPU, also call
     `keep_4bit_trainable(model)` before training if the Trainer computes an evaluation loss, as the
@@ -44,6 +45,7 @@ class TaskEvalCallback(TrainerCallback):
         baseline: bool = True,
         batch_size: int = 16,
         max_new_tokens: Optional[int] = None,
+        prompt: str = ZERO_SHOT,
     ):
         self.task = Task.load(task)
         self.rows = list(rows) if rows is not None else gold_rows(self.task)
@@ -51,6 +53,7 @@ class TaskEvalCallback(TrainerCallback):
             raise ValueError(f"TaskEvalCallback: no rows to evaluate task '{self.task.name}' on. Fix: pass rows or give the task a 'test' list")
         self.metric = metric_name(self.task.type)
         self.baseline = baseline
+        self.prompt = prompt  # the finetuned model's: the one it is trained with
         self.score_kwargs = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
         self.last_score: Optional[TaskScore] = None
 
@@ -86,14 +89,14 @@ class TaskEvalCallback(TrainerCallback):
 
     def _score(self, model, processing_class, state) -> TaskScore:
         with trainable_4bit_layout(model):
-            score = score_model(model, processing_class, self.task, self.rows, **self.score_kwargs)
+            score = score_model(model, processing_class, self.task, self.rows, prompt=self.prompt, **self.score_kwargs)
         self.last_score = score
         logger.info("step %d: %s = %.2f on %d rows", state.global_step, self.metric_key, score.value, score.num_rows)
         return score
 
 
-def scores_from_log_history(log_history: list[dict], task: Task, num_rows: int) -> list[TaskScore]:
-    """The before/after table recorded by TaskEvalCallback: baselines, then the latest evaluation."""
+def scores_from_log_history(log_history: list[dict], task: Task, num_rows: int, prompt: str = ZERO_SHOT) -> list[TaskScore]:
+    """The before/after table recorded by TaskEvalCallback: baselines, then the latest evaluation (with `prompt`)."""
     metric = metric_name(task.type)
     scores = []
     for prompt in (FEW_SHOT, ZERO_SHOT):
@@ -103,5 +106,5 @@ def scores_from_log_history(log_history: list[dict], task: Task, num_rows: int) 
             scores.append(TaskScore("base", prompt, metric, value, num_rows))
     evaluated = [e for e in log_history if f"eval_{metric}" in e]
     if evaluated:
-        scores.append(TaskScore("finetuned", ZERO_SHOT, metric, evaluated[-1][f"eval_{metric}"], num_rows))
+        scores.append(TaskScore("finetuned", prompt, metric, evaluated[-1][f"eval_{metric}"], num_rows))
     return scores

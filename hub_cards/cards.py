@@ -91,6 +91,7 @@ class ModelCardInfo:
     license: Optional[str] = None
     repo_id: Optional[str] = None
     base_model_note: Optional[str] = None
+    train_prompt: str = "zero-shot"  # or "few-shot": the prompt the model was trained and scored with
 
 
 def report_table(report: Optional[FilterReport]) -> str:
@@ -194,6 +195,7 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         finetuning_label=_FINETUNING_LABELS[info.finetuning],
         adapter=info.adapter,
         quantization=info.quantization,
+        train_prompt=info.train_prompt,
         hyperparameters=hyperparameters,
         usage=usage_snippet(info),
         versions=framework_versions(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from selfguide.builders.base import NoRowsError
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from_log_history
-from selfguide.evaluation import TaskScore, format_table, gold_rows
+from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table, gold_rows
+from selfguide.prompts import fewshot_prompt
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
 from selfguide.quantization import (
@@ -87,6 +89,12 @@ class DataArguments:
     )
     max_eval_rows: Optional[int] = field(
         default=None, metadata={"help": "Score the task metric on at most this many gold rows (all by default)."}
+    )
+    train_prompt: str = field(
+        default=ZERO_SHOT,
+        metadata={"help": "Prompt the student is finetuned and then scored with: zero-shot (instruction and input; short "
+                  "rows, cheap steps) or few-shot (every demonstration first, shuffled per row, as the SELF-GUIDE "
+                  "paper's code trains; rows several times longer).", "choices": [ZERO_SHOT, FEW_SHOT]},
     )
     eval_baseline: bool = field(
         default=True, metadata={"help": "Score the base model (few-shot and zero-shot prompts) before training."}
@@ -212,6 +220,8 @@ def check_inputs(data_args: DataArguments, training_args: RecipeConfig, model_ar
             f"dataset_name: folder {data_args.dataset_name} does not exist. Fix: pass a folder saved with "
             "save_to_disk, a Hub dataset id, or leave it out to synthesize the data from --task"
         )
+    if data_args.train_prompt not in (ZERO_SHOT, FEW_SHOT):
+        raise RecipeError(f"train_prompt: {data_args.train_prompt!r} is not one of {(ZERO_SHOT, FEW_SHOT)}")
     if data_args.num_examples < 1:
         raise RecipeError(f"num_examples: must be at least 1, got {data_args.num_examples}")
     if data_args.push_dataset and data_args.dataset_name:
@@ -291,6 +301,19 @@ def training_splits(dataset, data_args: DataArguments):
     return train, test if test is not None and test.num_rows else None
 
 
+def with_fewshot_prompts(split, task: Task, seed: int):
+    """The split with every demonstration before each row's input, in a seeded order of its own."""
+    if "input" not in split.column_names:
+        raise RecipeError(
+            f"train_prompt=few-shot rebuilds each prompt from the row's 'input', and the dataset has only "
+            f"{split.column_names}. Fix: build it with load_dataset('selfguide', ...), or use train_prompt zero-shot"
+        )
+    return split.map(
+        lambda row, i: {"prompt": fewshot_prompt(task, row["input"], random.Random(f"{seed}:{i}"))},
+        with_indices=True, desc="few-shot prompts",
+    )
+
+
 # -- model --------------------------------------------------------------------------------------
 
 
@@ -365,6 +388,7 @@ def card_info(data_args, training_args, model_args, task, student_path, data_sum
         license=data_args.card_license or (EMBEDDED_LICENSE if embedded else None),
         repo_id=training_args.hub_model_id,
         base_model_note=note,
+        train_prompt=data_args.train_prompt,
     )
 
 
@@ -420,6 +444,9 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
     with training_args.main_process_first(desc="building the dataset"):
         dataset, source, settings = load_data(data_args, task, student, student_name)
     train, test = training_splits(dataset, data_args)
+    if data_args.train_prompt == FEW_SHOT:
+        train = with_fewshot_prompts(train, task, training_args.seed)
+        test = with_fewshot_prompts(test, task, training_args.seed) if test is not None else None
     data_summary = DataSummary.from_dataset(dataset, source, settings)
 
     model, tokenizer, peft_config, quant = load_model(model_args, student, training_args)
@@ -428,7 +455,9 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
     eval_rows = gold_rows(task, data_args.max_eval_rows) if task.gold else []
     task_callback = None
     if eval_rows:
-        task_callback = TaskEvalCallback(task, eval_rows, baseline=data_args.eval_baseline, batch_size=data_args.eval_batch_size)
+        task_callback = TaskEvalCallback(
+            task, eval_rows, baseline=data_args.eval_baseline, batch_size=data_args.eval_batch_size, prompt=data_args.train_prompt
+        )
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -470,7 +499,7 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
         run.card_callback.write(output_dir, training_args, trainer.state)
         if run.push:
             pushed["model"] = push_adapter(output_dir, repo_id).commit_url
-    scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows)
+    scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows, data_args.train_prompt)
     trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores)}")
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.

@@ -27,12 +27,14 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate",
         help="score the prompting baseline, and an adapter, on a task's gold rows",
         description="Scores the base model with the few-shot prompt (the prompting baseline) and the zero-shot "
-        "prompt, and with --adapter the finetuned model with the zero-shot training prompt: greedy decoding, "
+        "prompt, and with --adapter the finetuned model with its training prompt (--adapter-prompt): greedy decoding, "
         "the task's metric, the same code as the training callback.",
     )
     p.add_argument("--task", required=True, help="task spec: YAML/JSON, or a Natural Instructions task file")
     p.add_argument("--model", default=None, help="base model: Hub id, folder or .gguf (default: the adapter's base, else the embedded student)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id to score as the finetuned model")
+    p.add_argument("--adapter-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
+                   help="prompt the adapter was trained with (the recipe's --train_prompt)")
     p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit nf4, as QLoRA trained it")
     p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
     p.add_argument("--batch-size", type=int, default=16)
@@ -54,7 +56,8 @@ def run_evaluate(args) -> int:
 
     try:
         scores = evaluate_task(
-            args.task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size
+            args.task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
+            adapter_prompt=args.adapter_prompt,
         )
     except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)

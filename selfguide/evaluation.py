@@ -189,8 +189,9 @@ def evaluate_task(
     limit: Optional[int] = None,
     batch_size: int = 16,
     dtype: str = "auto",
+    adapter_prompt: str = ZERO_SHOT,
 ) -> list[TaskScore]:
-    """The prompting baseline, and the adapter when given, on the task's gold rows."""
+    """The prompting baseline, and the adapter (with the prompt it was trained with) when given, on the task's gold rows."""
     task = Task.load(task)
     rows = gold_rows(task, limit)
     if adapter and model_name_or_path is None:
@@ -198,5 +199,5 @@ def evaluate_task(
     model, tokenizer = load_for_evaluation(model_name_or_path, adapter, load_in_4bit=load_in_4bit, dtype=dtype)
     scores = score_baseline(model, tokenizer, task, rows, batch_size=batch_size)
     if adapter:
-        scores.append(score_model(model, tokenizer, task, rows, batch_size=batch_size))
+        scores.append(score_model(model, tokenizer, task, rows, prompt=adapter_prompt, batch_size=batch_size))
     return scores

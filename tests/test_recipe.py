@@ -146,6 +146,28 @@ def test_full_finetuning_learns_what_the_evaluation_scores(task, task_file, tiny
     assert "library_name: transformers" in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_few_shot_training_prompt_is_the_one_scored(task, task_file, tiny_model_dir, tmp_path):
+    data = save_task_dataset(task, tmp_path / "gold-data", task.gold * 8)
+    args = recipe_args(task_file, data, tiny_model_dir, tmp_path / "out", finetuning="full", max_steps=40, learning_rate=5e-3,
+                       per_device_train_batch_size=8, eval_baseline="false", train_prompt="few-shot")
+    run_ = build(*parse_args(args))
+    tokenizer = run_.trainer.processing_class
+    first = tokenizer.decode(run_.trainer.train_dataset[0]["input_ids"])
+    assert all(f"Input: {e.input}" in first for e in task.examples)  # every demonstration precedes the row
+    result = run(args)
+    assert [(s.prompt, s.value) for s in result.scores] == [("few-shot", 100.0)]
+    assert "the few-shot prompt it was trained on" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_few_shot_training_prompt_needs_an_input_column(task, task_file, tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"prompt": f"Input: {e.input}\nOutput:", "completion": " " + e.output} for e in task.examples]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(tmp_path / "no-input")
+    with pytest.raises(RecipeError, match="train_prompt=few-shot rebuilds each prompt from the row's 'input'"):
+        run(recipe_args(task_file, tmp_path / "no-input", tiny_model_dir, tmp_path / "out", finetuning="lora", train_prompt="few-shot"))
+
+
 def test_lora_adapter_on_the_full_precision_base(task_file, dataset_dir, tiny_model_dir, tmp_path):
     run(recipe_args(task_file, dataset_dir, tiny_model_dir, tmp_path / "out", finetuning="lora", max_steps=1, eval_baseline="false"))
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
