@@ -99,11 +99,11 @@ def scores_from_log_history(log_history: list[dict], task: Task, num_rows: int, 
     """The before/after table recorded by TaskEvalCallback: baselines, then the latest evaluation (with `prompt`)."""
     metric = metric_name(task.type)
     scores = []
-    for prompt in (FEW_SHOT, ZERO_SHOT):
-        key = baseline_key(prompt, metric)
+    for base_prompt in (FEW_SHOT, ZERO_SHOT):
+        key = baseline_key(base_prompt, metric)
         value = next((e[key] for e in log_history if key in e), None)
         if value is not None:
-            scores.append(TaskScore("base", prompt, metric, value, num_rows))
+            scores.append(TaskScore("base", base_prompt, metric, value, num_rows))
     evaluated = [e for e in log_history if f"eval_{metric}" in e]
     if evaluated:
         scores.append(TaskScore("finetuned", prompt, metric, evaluated[-1][f"eval_{metric}"], num_rows))

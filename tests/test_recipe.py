@@ -148,7 +148,7 @@ def test_full_finetuning_learns_what_the_evaluation_scores(task, task_file, tiny
 
 def test_few_shot_training_prompt_is_the_one_scored(task, task_file, tiny_model_dir, tmp_path):
     data = save_task_dataset(task, tmp_path / "gold-data", task.gold * 8)
-    args = recipe_args(task_file, data, tiny_model_dir, tmp_path / "out", finetuning="full", max_steps=40, learning_rate=5e-3,
+    args = recipe_args(task_file, data, tiny_model_dir, tmp_path / "out", finetuning="full", max_steps=120, learning_rate=5e-3,
                        per_device_train_batch_size=8, eval_baseline="false", train_prompt="few-shot")
     run_ = build(*parse_args(args))
     tokenizer = run_.trainer.processing_class
