@@ -118,7 +118,7 @@ def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
     spec = task.to_dict() | {"test": rows}
     if task.is_classification:
         spec["labels"] = sorted(set(task.labels) | {r["output"] for r in rows})
-    spec_path = work / "tasks" / f"{task.name}.json"
+    spec_path = work / "tasks" / args.split / f"{task.name}.json"  # a tuning run beside a test run keeps its own rows
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, ensure_ascii=False))
     return Task.load(spec_path), spec_path

@@ -1,12 +1,13 @@
 """Choose the training defaults on the tuning tasks' validation splits, as the SELF-GUIDE paper did.
 
-Every (learning rate, steps) pair finetunes on the same synthetic rows (the builder's cache makes that
+Every (learning rate, steps, training prompt) setting finetunes on the same synthetic rows (the builder's cache makes that
 one synthesis per task) and is scored on a seeded sample of the validation split; the prompting
 baseline is scored once. The pick is the setting whose smallest gain over the baseline, across the
 tasks, is largest. Resumable: each setting keeps its own partial file in the work dir.
 
     python benchmarks/ni_v2_tuning.py                                  # task036 and task1385
     python benchmarks/ni_v2_tuning.py --tasks task190 task1195 --settings 2e-4:8 5e-4:8 2e-4:16
+    python benchmarks/ni_v2_tuning.py --settings 2e-4:16:zero-shot 2e-4:16:few-shot   # the recipe's --train_prompt
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from common import SHARED_DATA, machine, markdown_table, write_results
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["task036", "task1385"], help="task numbers in ../shared/data/ni/tasks")
-    p.add_argument("--settings", nargs="+", default=["2e-4:8", "2e-4:16", "5e-4:8"], metavar="LR:STEPS",
-                   help="learning rate and QLoRA steps (batch 8) of each setting tried")
+    p.add_argument("--settings", nargs="+", default=["2e-4:8", "2e-4:16", "5e-4:8"], metavar="LR:STEPS[:PROMPT]",
+                   help="learning rate, QLoRA steps (batch 8) and training prompt (zero-shot, the default, or few-shot) "
+                        "of each setting tried")
     p.add_argument("--eval-rows", type=int, default=40)
     p.add_argument("--num-examples", type=int, default=32)
     args = p.parse_args()
@@ -37,19 +39,21 @@ def main() -> None:
     base = {r["task"]: r["score"] for r in baseline}
     settings, seconds = [], sum(r["seconds"] for r in baseline)
     for setting in args.settings:
-        lr, steps = float(setting.split(":")[0]), int(setting.split(":")[1])
+        lr, steps, prompt = (setting.split(":") + ["zero-shot"])[:3]
+        lr, steps = float(lr), int(steps)
+        suffix = "" if prompt == "zero-shot" else f"_{prompt}"  # keeps earlier runs' partial files valid
         run_args = ni_v2.parse_args(common + ["--methods", "self_guide", "--learning-rate", str(lr), "--max-steps", str(steps),
-                                              "--name", f"tuning_lr{lr}_steps{steps}"])
+                                              "--train-prompt", prompt, "--name", f"tuning_lr{lr}_steps{steps}{suffix}"])
         records, _ = ni_v2.run_all(run_args)
         seconds += sum(r["seconds"] for r in records)
         gains = {r["task"]: r["score"] - base[r["task"]] for r in records}
-        settings.append({"learning_rate": lr, "max_steps": steps, "scores": {r["task"]: r["score"] for r in records},
+        settings.append({"learning_rate": lr, "max_steps": steps, "train_prompt": prompt, "scores": {r["task"]: r["score"] for r in records},
                          "gains": gains, "smallest_gain": min(gains.values()), "mean_gain": sum(gains.values()) / len(gains)})
     best = max(settings, key=lambda s: (s["smallest_gain"], s["mean_gain"]))
     tasks = list(base)
-    rows = [[f"{s['learning_rate']:g}", s["max_steps"], *[f"{s['scores'][t]:.1f} ({s['gains'][t]:+.1f})" for t in tasks],
+    rows = [[f"{s['learning_rate']:g}", s["max_steps"], s.get("train_prompt", "zero-shot"), *[f"{s['scores'][t]:.1f} ({s['gains'][t]:+.1f})" for t in tasks],
              f"{s['smallest_gain']:+.1f}" + (" **pick**" if s is best else "")] for s in settings]
-    rows.insert(0, ["prompted baseline", "-", *[f"{base[t]:.1f}" for t in tasks], "-"])
+    rows.insert(0, ["prompted baseline", "-", "few-shot", *[f"{base[t]:.1f}" for t in tasks], "-"])
     md = "\n".join([
         "# Tuning the training defaults on NI V2 validation splits",
         "",
@@ -58,7 +62,7 @@ def main() -> None:
         "Cells: score (gain over the prompted baseline). The pick maximises the smallest gain across tasks, "
         "then the mean gain.",
         "",
-        markdown_table(["learning rate", "steps", *[t.split("_")[0] for t in tasks], "smallest gain"], rows),
+        markdown_table(["learning rate", "steps", "prompt", *[t.split("_")[0] for t in tasks], "smallest gain"], rows),
         "",
         f"Command: `python benchmarks/ni_v2_tuning.py --tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)}`; "
         f"time in the methods {seconds / 60:.1f} min (resumed parts included).",
