@@ -33,9 +33,9 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from selfguide.builders.base import NoRowsError
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from_log_history
 from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table, gold_rows
-from selfguide.prompts import fewshot_prompt
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
+from selfguide.prompts import fewshot_prompt
 from selfguide.quantization import (
     MissingBitsandbytesError,
     keep_4bit_trainable,
