@@ -27,8 +27,8 @@ def nf4_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype
     """QLoRA's setting: nf4 weights and quantised quantisation constants.
 
     The matmuls run in `compute_dtype`; None picks bf16 (fp16 without bf16) on a GPU and float32 on
-    the CPU. On a CPU without native bf16 (AVX2 only) a QLoRA step of the embedded student took 30x
-    longer in bf16 (267 s vs 8.8 s, batch 8 x 96 tokens): torch has no fast bf16 matmul there.
+    the CPU. On a CPU without native bf16 (AVX2 only) a QLoRA step of the embedded student took 22x
+    longer in bf16 (benchmarks/results/qlora_compute_dtype.md): torch has no fast bf16 matmul there.
     """
     from transformers import BitsAndBytesConfig
 
