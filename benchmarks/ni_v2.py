@@ -2,7 +2,8 @@
 
 For every task it scores, on a seeded sample of the paper's own split (the same rows every run):
   baseline    the student prompted with the instruction and every demonstration (greedy)
-  self_guide  load_dataset("selfguide", ...) then recipes/sft.py (QLoRA), the adapter scored zero-shot
+  self_guide  load_dataset("selfguide", ...) then recipes/sft.py (QLoRA), the adapter scored with the prompt it was
+              trained with (--train-prompt: few-shot, every demonstration first, as the paper's code trains)
   in_context  the same synthetic rows used as extra demonstrations instead of finetuning
   rebase      load_dataset("rebase", ...) on the shared datastore pool, finetuned the same way
 and beside them the no-model references on the same rows: the majority label (classification) and
@@ -51,10 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--eval-rows", type=int, default=40)
     p.add_argument("--num-examples", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=16, help="QLoRA steps at batch 8 (16: the pick in results/ni_v2_tuning.md)")
     p.add_argument("--learning-rate", type=float, default=2e-4)
-    p.add_argument("--train-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
-                   help="the recipe's --train_prompt: the finetuned model is trained and scored with this prompt")
+    p.add_argument("--train-prompt", default="few-shot", choices=["zero-shot", "few-shot"],
+                   help="the recipe's --train_prompt: the finetuned model is trained and scored with this prompt "
+                        "(few-shot: the pick in results/ni_v2_tuning.md, and how the SELF-GUIDE paper's code trains)")
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
@@ -136,12 +138,13 @@ def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
     from selfguide.recipes.sft import run
 
     out = work / method / spec.stem
+    # max_length: task121's zero-shot prompts are 319 tokens, ANLI's few-shot ones up to about 560.
     argv = [
         "--task", str(spec), "--synthesis_method", "selfguide" if method == "self_guide" else "rebase",
         "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
         "--synthesis_kwargs", json.dumps(extra), "--eval_baseline", "false",
         "--output_dir", str(out), "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
-        "--per_device_train_batch_size", "8", "--max_length", "512", "--warmup_steps", "2",
+        "--per_device_train_batch_size", "8", "--max_length", "1024", "--warmup_steps", "2",
         "--logging_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
         "--gradient_checkpointing", "false", "--seed", str(args.seed), "--train_prompt", args.train_prompt,
     ]
@@ -230,7 +233,8 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings)",
         "",
         f"Student: embedded Gemma 3 270M base. {args.eval_rows} seeded rows of the paper's `{args.split}` split per task; "
-        f"{args.num_examples} synthetic rows; QLoRA {args.max_steps} steps at lr {args.learning_rate}. "
+        f"{args.num_examples} synthetic rows; QLoRA {args.max_steps} steps at lr {args.learning_rate}, trained and scored "
+        f"with the {args.train_prompt} prompt. "
         "Reference: the majority label of the scored rows (classification, exact match) or the input copied as the "
         "answer (generation, ROUGE-L). A gain counts only over the better of the prompting baseline and the reference.",
         "",
@@ -277,12 +281,32 @@ def plot(by_task: dict, no_rows: set, args) -> None:
     fig.savefig(HERE / "results" / f"{args.name}.png", dpi=120)
 
 
+# What a record's score depends on; a record made with other values is not reused.
+RESULT_SETTINGS = ("split", "eval_rows", "num_examples", "max_steps", "learning_rate", "train_prompt", "in_context_rows",
+                   "synthesis_kwargs", "datastore_rows", "seed")
+
+
+def result_settings(args) -> dict:
+    return {k: getattr(args, k) for k in RESULT_SETTINGS}
+
+
+def partial_records(args) -> list[dict]:
+    """The run's finished records made with these settings; others stay in the file, unused."""
+    progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
+    records = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    mine = [r for r in records if r.get("settings") == result_settings(args)]
+    if len(mine) < len(records):
+        print(f"{progress}: {len(records) - len(mine)} record(s) made with other settings are left out; "
+              "pass --name to keep each setting's run apart", flush=True)
+    return mine
+
+
 def run_all(args) -> tuple[list[dict], float]:
     """Every (task, method) not yet in the run's partial file; returns all records and this call's seconds."""
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     progress = work / f"{args.name}.partial.jsonl"
-    done = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    done = partial_records(args)
     finished = {(r["task"], r["method"]) for r in done}
     start, base = time.perf_counter(), None
     for path in task_files(args):
@@ -299,7 +323,8 @@ def run_all(args) -> tuple[list[dict], float]:
                 # A method that leaves no row to train on is a result, not a crash: recorded, and the other tasks still run.
                 score, failure = None, str(e)
             record = {"task": task.name, "type": task.type, "metric": metric_name(task.type), "method": method,
-                      "score": score, "references": references(task), "seconds": time.perf_counter() - t0}
+                      "score": score, "references": references(task), "seconds": time.perf_counter() - t0,
+                      "settings": result_settings(args)}
             if failure:
                 record["no_rows"] = failure
             print(json.dumps(record), flush=True)
@@ -324,8 +349,7 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     if failed:
         # What the others finished stays in the partial file; a rerun does only what is missing.
         sys.exit(f"{len(failed)} worker(s) failed; see {', '.join(map(str, failed))}. Rerun the same command to resume")
-    progress = work / f"{args.name}.partial.jsonl"
-    return [json.loads(line) for line in progress.read_text().splitlines()], time.perf_counter() - start
+    return partial_records(args), time.perf_counter() - start
 
 
 def main() -> None:
@@ -336,14 +360,16 @@ def main() -> None:
 
         torch.set_num_threads(1)
     if args.report_only:
-        progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
-        done, seconds = [json.loads(line) for line in progress.read_text().splitlines()], 0.0
+        done, seconds = partial_records(args), 0.0
     elif args.jobs > 1 and not args.shard:
         done, seconds = run_jobs(args, argv)
     else:
         done, seconds = run_all(args)
-    if not args.shard:
-        summarize(done, args, seconds)
+    if args.shard:
+        return
+    if not done:
+        sys.exit(f"no finished records with these settings under {args.work_dir}: nothing to report")
+    summarize(done, args, seconds)
 
 
 if __name__ == "__main__":
