@@ -41,7 +41,7 @@ def main() -> None:
     for setting in args.settings:
         lr, steps, prompt = (setting.split(":") + ["zero-shot"])[:3]
         lr, steps = float(lr), int(steps)
-        suffix = "" if prompt == "zero-shot" else f"_{prompt}"  # keeps earlier runs' partial files valid
+        suffix = "" if prompt == "zero-shot" else f"_{prompt}"  # zero-shot runs keep the file names they had
         run_args = ni_v2.parse_args(common + ["--methods", "self_guide", "--learning-rate", str(lr), "--max-steps", str(steps),
                                               "--train-prompt", prompt, "--name", f"tuning_lr{lr}_steps{steps}{suffix}"])
         records, _ = ni_v2.run_all(run_args)
@@ -51,7 +51,7 @@ def main() -> None:
                          "gains": gains, "smallest_gain": min(gains.values()), "mean_gain": sum(gains.values()) / len(gains)})
     best = max(settings, key=lambda s: (s["smallest_gain"], s["mean_gain"]))
     tasks = list(base)
-    rows = [[f"{s['learning_rate']:g}", s["max_steps"], s.get("train_prompt", "zero-shot"), *[f"{s['scores'][t]:.1f} ({s['gains'][t]:+.1f})" for t in tasks],
+    rows = [[f"{s['learning_rate']:g}", s["max_steps"], s["train_prompt"], *[f"{s['scores'][t]:.1f} ({s['gains'][t]:+.1f})" for t in tasks],
              f"{s['smallest_gain']:+.1f}" + (" **pick**" if s is best else "")] for s in settings]
     rows.insert(0, ["prompted baseline", "-", "few-shot", *[f"{base[t]:.1f}" for t in tasks], "-"])
     md = "\n".join([

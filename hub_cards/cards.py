@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..evaluation import TaskScore, format_table
+from ..evaluation import ZERO_SHOT, TaskScore, format_table
 from ..metrics import metric_name
 from ..report import FilterReport
 from ..task import Task
@@ -91,7 +91,7 @@ class ModelCardInfo:
     license: Optional[str] = None
     repo_id: Optional[str] = None
     base_model_note: Optional[str] = None
-    train_prompt: str = "zero-shot"  # or "few-shot": the prompt the model was trained and scored with
+    train_prompt: str = ZERO_SHOT  # or FEW_SHOT: the prompt the model was trained and scored with
 
 
 def report_table(report: Optional[FilterReport]) -> str:

@@ -81,4 +81,3 @@ def trainable_4bit_layout(model):
     finally:
         for layer in layers:
             layer.support_avx512bf16_for_cpu = True
-
