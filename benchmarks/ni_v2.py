@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,9 @@ from selfguide.prompts import format_prompt
 
 METHODS = ("baseline", "self_guide", "in_context", "rebase")
 HERE = Path(__file__).resolve().parent
+# --quick: the generation and the classification task that cost least in the full run of results/ni_v2.json
+# (856 s and 703 s of its 205 method-minutes) with rows for every method (task738's ReBase kept none).
+QUICK_TASKS = ("task036_", "task937_")
 # Pool rows derived from the evaluation tasks' own sources (see the pool's SOURCE.md).
 CONTAMINATED = ("ni/task20*", "ni/task1554*")
 
@@ -47,7 +51,7 @@ CONTAMINATED = ("ni/task20*", "ni/task1554*")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", nargs="*", help="extra NI task files, scored beside the shared ones")
-    p.add_argument("--quick", action="store_true", help="two tasks and small settings (about 20 minutes)")
+    p.add_argument("--quick", action="store_true", help="two cheap tasks (QUICK_TASKS) and small settings, under 20 minutes")
     p.add_argument("--tasks-dir", default=str(SHARED_DATA / "ni" / "tasks"))
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--eval-rows", type=int, default=40)
@@ -69,11 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="write the table from the finished records and run nothing")
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="worker processes, one CPU thread each, each taking every N-th task (default: up to 2, "
-                        "as ni_v2.md and ni_v2_quick.md were timed); 1 runs in this process")
+                   help="worker processes, one CPU thread each, each taking the next task nobody has taken (default: "
+                        "up to 2, as ni_v2.md and ni_v2_quick.md were timed); 1 runs in this process")
     p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only every N-th task starting at I, one CPU thread: what each --jobs worker runs; "
-                        "several such processes share the partial file, and a last run without --shard writes the table")
+                   help="run only every N-th task starting at I, one CPU thread: a fixed split for processes started "
+                        "by hand; they share the partial file, and a last run without --shard writes the table")
+    p.add_argument("--queue", default=None, help=argparse.SUPPRESS)  # a --jobs worker: the folder of claimed tasks
     args = p.parse_args(argv)
     if args.quick:
         args.eval_rows, args.num_examples, args.max_steps = 30, 16, 6
@@ -97,11 +102,8 @@ def parse_args(argv=None):
 def task_files(args) -> list[Path]:
     files = sorted(Path(args.tasks_dir).glob("task*.json")) + [Path(t) for t in args.tasks]
     if args.quick:
-        shared = [f for f in files if f.parent == Path(args.tasks_dir)]
-        kinds = {}
-        for f in shared:  # first classification and first generation task
-            kinds.setdefault(Task.load(f).type, f)
-        files = list(kinds.values()) + [Path(t) for t in args.tasks]
+        quick = [f for f in files if f.parent == Path(args.tasks_dir) and f.name.startswith(QUICK_TASKS)]
+        files = quick + [Path(t) for t in args.tasks]
     if args.shard:
         index, count = args.shard
         files = files[index::count]
@@ -312,6 +314,8 @@ def run_all(args) -> tuple[list[dict], float]:
     finished = {(r["task"], r["method"]) for r in done}
     start, base = time.perf_counter(), None
     for path in task_files(args):
+        if args.queue and not claim(Path(args.queue), path.stem):
+            continue
         task, spec = eval_task(path, args, work)
         for method in args.methods:
             if (task.name, method) in finished:
@@ -336,17 +340,33 @@ def run_all(args) -> tuple[list[dict], float]:
     return done, time.perf_counter() - start
 
 
+def claim(queue: Path, task: str) -> bool:
+    """Whether this worker takes the task: the first to create its claim file does, so no two run it."""
+    try:
+        os.close(os.open(queue / task, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
 def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
-    """`run_all` split over `args.jobs` worker processes (`--shard i/N`), then every record of the run."""
+    """`run_all` over `args.jobs` worker processes that each take the next unclaimed task, then every record of the run.
+
+    Taking tasks as workers free up, rather than every N-th task, keeps one slow task from holding a worker
+    while the other idles: the tasks' costs differ by 4x (results/ni_v2.json).
+    """
     start = time.perf_counter()
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    queue = work / f"{args.name}.queue"
+    shutil.rmtree(queue, ignore_errors=True)  # claims of a stopped call; its finished records are in the partial file
+    queue.mkdir(parents=True)
     workers = []
     for i in range(args.jobs):
-        log = work / f"{args.name}.shard{i}.log"
+        log = work / f"{args.name}.worker{i}.log"
         print(f"worker {i + 1}/{args.jobs}: log in {log}", flush=True)
         with log.open("a") as f:
-            workers.append((log, subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{args.jobs}"], stdout=f, stderr=subprocess.STDOUT)))
+            cmd = [sys.executable, __file__, *argv, "--queue", str(queue)]
+            workers.append((log, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)))
     failed = [log for log, proc in workers if proc.wait()]
     if failed:
         # What the others finished stays in the partial file; a rerun does only what is missing.
@@ -357,17 +377,17 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
 def main() -> None:
     argv = sys.argv[1:]
     args = parse_args(argv)
-    if args.shard:
+    if args.shard or args.queue:
         import torch
 
         torch.set_num_threads(1)
     if args.report_only:
         done, seconds = partial_records(args), 0.0
-    elif args.jobs > 1 and not args.shard:
+    elif args.jobs > 1 and not (args.shard or args.queue):
         done, seconds = run_jobs(args, argv)
     else:
         done, seconds = run_all(args)
-    if args.shard:
+    if args.shard or args.queue:
         return
     if not done:
         sys.exit(f"no finished records with these settings under {args.work_dir}: nothing to report")
