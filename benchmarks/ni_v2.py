@@ -61,8 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--train-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
                    help="the recipe's --train_prompt: the finetuned model is trained and scored with this prompt "
-                        "(few-shot won on validation, results/ni_v2_tuning.md, but its ~4x longer rows do not fit "
-                        "the 2-hour budget for 11 tasks; see the README)")
+                        "(few-shot won on validation, results/ni_v2_tuning.md, but its steps take about twice as long "
+                        "on ANLI and 11 tasks already overrun 2 hours zero-shot; see the README)")
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
