@@ -41,8 +41,10 @@ from selfguide.prompts import format_prompt
 
 METHODS = ("baseline", "self_guide", "in_context", "rebase")
 HERE = Path(__file__).resolve().parent
-# --quick: the generation and the classification task that cost least in the full run of results/ni_v2.json
-# (856 s and 703 s of its 205 method-minutes) with rows for every method (task738's ReBase kept none).
+# --quick: the generation and the classification task that cost least in the full runs of results/ni_v2.json
+# with rows for every method (task738's ReBase kept none): 1122 s and 828 s of the latest run's 237
+# method-minutes. task199 cost about the same, but its majority label alone scores 77.5, which leaves a
+# quick check little room to show anything.
 QUICK_TASKS = ("task036_", "task937_")
 # Pool rows derived from the evaluation tasks' own sources (see the pool's SOURCE.md).
 CONTAMINATED = ("ni/task20*", "ni/task1554*")
