@@ -234,7 +234,7 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
             cells.append("-" if not have else f"{statistics.fmean(have):.1f}" + ("" if len(have) == len(tasks) else f" ({len(have)} of {len(tasks)})"))
         means.append([f"**mean {kind}** ({len(tasks)})", kind, metric_name(kind), f"{statistics.fmean(t[ref_key] for t in tasks):.1f}",
                       *cells, f"{statistics.fmean(gains[kind]):+.1f}" if gains[kind] else "-"])
-    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard", "queue")}
     md = "\n".join([
         f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings)",
         "",
@@ -355,7 +355,7 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     """`run_all` over `args.jobs` worker processes that each take the next unclaimed task, then every record of the run.
 
     Taking tasks as workers free up, rather than every N-th task, keeps one slow task from holding a worker
-    while the other idles: the tasks' costs differ by 4x (results/ni_v2.json).
+    while the other idles: the tasks' costs differ by 3.5x (results/ni_v2.json).
     """
     start = time.perf_counter()
     work = Path(args.work_dir)
@@ -379,17 +379,18 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
 def main() -> None:
     argv = sys.argv[1:]
     args = parse_args(argv)
-    if args.shard or args.queue:
+    worker = bool(args.shard or args.queue)  # runs its part of the tasks; the table is written by another call
+    if worker:
         import torch
 
         torch.set_num_threads(1)
     if args.report_only:
         done, seconds = partial_records(args), 0.0
-    elif args.jobs > 1 and not (args.shard or args.queue):
+    elif args.jobs > 1 and not worker:
         done, seconds = run_jobs(args, argv)
     else:
         done, seconds = run_all(args)
-    if args.shard or args.queue:
+    if worker:
         return
     if not done:
         sys.exit(f"no finished records with these settings under {args.work_dir}: nothing to report")
