@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ import httpx
 import pyarrow as pa
 import pytest
 import pyarrow.parquet as pq
+
+from tests.sft_helpers import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datastore"
 TOPICS = ["world", "sports", "business", "tech"]
@@ -153,12 +154,6 @@ def copying_teacher(prompt: str, body: dict) -> str:
     text = next(v for v in record.values() if isinstance(v, str) and len(v.split()) > 3)
     label = record.get("label", "positive")
     return json.dumps(text)[1:] + ', "output": ' + json.dumps(label) + "}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

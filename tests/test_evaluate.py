@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import random
 
 import pytest
@@ -16,7 +15,6 @@ from selfguide.commands import add_evaluate_parser, demo_task_path
 from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, build_prompts, evaluate_task, score_model
 from selfguide.metrics import task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
-from tests.sft_helpers import free_port
 
 
 @pytest.fixture
@@ -51,9 +49,11 @@ def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(
     assert model.training and tokenizer.padding_side == "right"
 
 
-def _sharded_worker(rank, world, port, model_dir, task_dict, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _sharded_worker(rank, world, store, model_dir, task_dict, out):
+    # A file rendezvous, not a TCP store: the TCP store's server thread lives in rank 0 and, when
+    # rank 0 exits first, that process can die with "terminate called without an active exception"
+    # (SIGABRT); seen once in CI, in 1 run of this test among many.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -68,7 +68,7 @@ def test_two_processes_split_the_rows_and_agree_with_one(task, tiny, tiny_model_
     model, tokenizer = tiny
     single = score_model(model, tokenizer, task, max_new_tokens=6, batch_size=2)
     out = str(tmp_path / "scores")
-    mp.spawn(_sharded_worker, args=(2, free_port(), str(tiny_model_dir), sentiment_task_dict, out), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(2, tmp_path / "store", str(tiny_model_dir), sentiment_task_dict, out), nprocs=2, join=True)
     for rank in (0, 1):
         got = json.loads(open(f"{out}.{rank}").read())
         assert got == {"predictions": single.predictions, "value": single.value}
