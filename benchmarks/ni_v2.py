@@ -72,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="results file stem (default ni_v2, or ni_v2_quick)")
     p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
-    p.add_argument("--report-only", action="store_true", help="write the table from the finished records and run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite results/NAME.* from the finished records and run nothing; keeps the wall time and note recorded there")
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how this run was made, when it took several calls")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one CPU thread each, each taking the next task nobody has taken (default: "
@@ -198,7 +199,7 @@ def run_method(method, task, spec, args, work, base) -> float:
     return finetune(spec, method, args, work, {"datastore": datastore_path(args, work), "exclude_datasets": list(CONTAMINATED)})
 
 
-def summarize(results: list[dict], args, wall_s: float) -> None:
+def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
     by_task: dict[str, dict] = {}
     no_rows = set()
     for r in sorted(results, key=lambda r: r["task"]):
@@ -246,8 +247,8 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         "",
         markdown_table(header, rows + means),
         "",
-        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Wall time of the call that wrote this "
-        f"table: {wall_s / 60:.1f} min ({args.jobs} worker process(es); 0 when it only reported). Time spent in the methods: "
+        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Wall time of the last call that ran "
+        f"methods: {wall_s / 60:.1f} min ({args.jobs} worker process(es)). Time spent in the methods: "
         f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON, summed over workers and "
         "resumed calls). Settings: `" + json.dumps(settings) + "`",
         "",
@@ -256,7 +257,7 @@ def summarize(results: list[dict], args, wall_s: float) -> None:
         *([args.note, ""] if args.note else []),
         f"![scores]({args.name}.png)",
     ])
-    write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "machine": machine()}, md)
+    write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "note": args.note, "machine": ran_on}, md)
     plot(by_task, no_rows, args)
 
 
@@ -376,6 +377,19 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     return partial_records(args), time.perf_counter() - start
 
 
+def recorded_run(args) -> tuple[float, dict]:
+    """For --report-only: the wall time and machine of the table's last run; its note stays unless --note gives another.
+
+    Rewriting the table from the records must not erase how they were made.
+    """
+    previous = HERE / "results" / f"{args.name}.json"
+    if not previous.exists():
+        sys.exit(f"--report-only: {previous} does not exist, so there is no run's wall time to report; run without it")
+    recorded = json.loads(previous.read_text())
+    args.note = args.note or recorded.get("note", "")
+    return recorded["wall_s"], recorded["machine"]
+
+
 def main() -> None:
     argv = sys.argv[1:]
     args = parse_args(argv)
@@ -385,16 +399,16 @@ def main() -> None:
 
         torch.set_num_threads(1)
     if args.report_only:
-        done, seconds = partial_records(args), 0.0
+        done, (seconds, ran_on) = partial_records(args), recorded_run(args)
     elif args.jobs > 1 and not worker:
-        done, seconds = run_jobs(args, argv)
+        (done, seconds), ran_on = run_jobs(args, argv), machine()
     else:
-        done, seconds = run_all(args)
+        (done, seconds), ran_on = run_all(args), machine()
     if worker:
         return
     if not done:
         sys.exit(f"no finished records with these settings under {args.work_dir}: nothing to report")
-    summarize(done, args, seconds)
+    summarize(done, args, seconds, ran_on)
 
 
 if __name__ == "__main__":
