@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from
 from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table, gold_rows
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
-from selfguide.prompts import fewshot_prompt
+from selfguide.prompts import row_fewshot_prompt
 from selfguide.quantization import (
     MissingBitsandbytesError,
     keep_4bit_trainable,
@@ -309,7 +308,7 @@ def with_fewshot_prompts(split, task: Task, seed: int):
             f"{split.column_names}. Fix: build it with load_dataset('selfguide', ...), or use train_prompt zero-shot"
         )
     return split.map(
-        lambda row, i: {"prompt": fewshot_prompt(task, row["input"], random.Random(f"{seed}:{i}"))},
+        lambda row, i: {"prompt": row_fewshot_prompt(task, row["input"], seed, i)},
         with_indices=True, desc="few-shot prompts",
     )
 

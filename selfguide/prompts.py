@@ -37,6 +37,12 @@ def fewshot_prompt(task: Task, input_text: str, rng: Optional[random.Random] = N
     return format_prompt(task, input_text, shots)
 
 
+def row_fewshot_prompt(task: Task, input_text: str, seed: int, index: int) -> str:
+    """`fewshot_prompt` in an order seeded by the row's index, so a row's prompt does not depend on how the
+    rows are batched, sharded or resumed."""
+    return fewshot_prompt(task, input_text, random.Random(f"{seed}:{index}"))
+
+
 def training_prompt(task: Task, input_text: str) -> str:
     """Zero-shot prompt used for finetuning and for scoring the finetuned model: short keeps steps cheap."""
     return format_prompt(task, input_text)

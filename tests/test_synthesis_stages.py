@@ -10,7 +10,8 @@ from selfguide.synthesis.class_balance import assign_by_rank, class_cap, downsam
 from selfguide.synthesis.input_filters import InputFilter, length_window, required_markers
 from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label, generate_inputs
 from selfguide.synthesis.label_calibration import label_by_likelihood
-from selfguide.synthesis.output_annotation import vote
+from selfguide.prompts import row_fewshot_prompt
+from selfguide.synthesis.output_annotation import annotation_prompts, vote
 from selfguide.synthesis.output_filters import OutputFilter
 from selfguide.task import Example
 
@@ -31,6 +32,17 @@ def test_input_prompt_is_a_document_ending_in_the_target_slot(sentiment_task_dic
         assert gold.input not in prompt
     orders = {build_input_prompt(task, low, "negative", random.Random(s)) for s in range(5)}
     assert len(orders) > 1, "example order must be shuffled per prompt"
+
+
+def test_annotation_prompts_depend_on_the_row_not_on_the_batch(sentiment_task_dict):
+    task = Task.load(sentiment_task_dict)
+    inputs = [g.input for g in task.gold]
+    whole = annotation_prompts(task, inputs, seed=3)
+    assert whole == [row_fewshot_prompt(task, x, 3, i) for i, x in enumerate(inputs)]
+    assert annotation_prompts(task, inputs[:2], seed=3) == whole[:2]
+    for prompt in whole:
+        assert all(f"Input: {e.input}\nOutput: {e.output}" in prompt for e in task.examples)
+    assert len({row_fewshot_prompt(task, inputs[0], 3, i) for i in range(8)}) > 1, "each row gets its own demo order"
 
 
 def test_target_labels_favour_short_classes():

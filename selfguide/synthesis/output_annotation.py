@@ -6,14 +6,13 @@ per input, so a small model's habit of copying the first example's answer does n
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from ..engines import Engine, SamplingParams
 from ..metrics import normalize
-from ..prompts import OUTPUT_STOP, fewshot_prompt
+from ..prompts import row_fewshot_prompt
 from ..task import Task
 
 
@@ -27,7 +26,7 @@ class Annotation:
 
 
 def annotation_prompts(task: Task, inputs: Sequence[str], seed: int) -> list[str]:
-    return [fewshot_prompt(task, text, random.Random(f"{seed}:{i}")) for i, text in enumerate(inputs)]
+    return [row_fewshot_prompt(task, text, seed, i) for i, text in enumerate(inputs)]
 
 
 def sample_outputs(engine: Engine, task: Task, inputs: Sequence[str], params: SamplingParams) -> list[list[str]]:
