@@ -57,7 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--tasks-dir", default=str(SHARED_DATA / "ni" / "tasks"))
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--eval-rows", type=int, default=40)
-    p.add_argument("--num-examples", type=int, default=32)
+    p.add_argument("--num-examples", type=int, default=24,
+                   help="synthetic rows per task and method (24: 32 took 130.7 min for 11 tasks, over the 2-hour budget; "
+                        "synthesis and ReBase's rewriting, which scale with it, were about half the method time)")
     p.add_argument("--max-steps", type=int, default=8,
                    help="QLoRA steps at batch 8 (8: as good as 16 on validation, results/ni_v2_tuning.md, at half the time)")
     p.add_argument("--learning-rate", type=float, default=2e-4)
