@@ -42,8 +42,8 @@ from selfguide.prompts import format_prompt
 METHODS = ("baseline", "self_guide", "in_context", "rebase")
 HERE = Path(__file__).resolve().parent
 # --quick: the generation and the classification task that cost least in the full runs of results/ni_v2.json
-# with rows for every method (task738's ReBase kept none): 1122 s and 828 s of the latest run's 237
-# method-minutes. task199 cost about the same, but its majority label alone scores 77.5, which leaves a
+# with rows for every method (ReBase kept none on task738 or task190): 865 s and 729 s of the latest run's
+# 192 method-minutes. task199 cost less (620 s), but its majority label alone scores 77.5, which leaves a
 # quick check little room to show anything.
 QUICK_TASKS = ("task036_", "task937_")
 # Pool rows derived from the evaluation tasks' own sources (see the pool's SOURCE.md).
@@ -358,7 +358,7 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     """`run_all` over `args.jobs` worker processes that each take the next unclaimed task, then every record of the run.
 
     Taking tasks as workers free up, rather than every N-th task, keeps one slow task from holding a worker
-    while the other idles: the tasks' costs differ by 3.5x (results/ni_v2.json).
+    while the other idles: the tasks' costs differ by 4.3x (results/ni_v2.json).
     """
     start = time.perf_counter()
     work = Path(args.work_dir)
