@@ -365,6 +365,9 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     queue = work / f"{args.name}.queue"
     shutil.rmtree(queue, ignore_errors=True)  # claims of a stopped call; its finished records are in the partial file
     queue.mkdir(parents=True)
+    if "rebase" in args.methods:
+        # Built here with every core: in a worker it gets one thread while the other workers wait on its lock.
+        datastore_path(args, work)
     workers = []
     for i in range(args.jobs):
         log = work / f"{args.name}.worker{i}.log"
