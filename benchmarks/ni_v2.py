@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--train-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
                    help="the recipe's --train_prompt: the finetuned model is trained and scored with this prompt "
                         "(few-shot won on validation, results/ni_v2_tuning.md, but its steps take about twice as long "
-                        "on ANLI and 11 tasks already overrun 2 hours zero-shot; see the README)")
+                        "on ANLI, and 11 tasks zero-shot already take 98 of the 120 budgeted minutes; see the README)")
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
@@ -382,17 +382,12 @@ def run_jobs(args, argv: list[str]) -> tuple[list[dict], float]:
     return partial_records(args), time.perf_counter() - start
 
 
-def recorded_run(args) -> tuple[float, dict]:
-    """For --report-only: the wall time and machine of the table's last run; its note stays unless --note gives another.
-
-    Rewriting the table from the records must not erase how they were made.
-    """
-    previous = HERE / "results" / f"{args.name}.json"
+def recorded_run(name: str) -> dict:
+    """For --report-only: the table's JSON, whose wall time, machine and note say how its records were made."""
+    previous = HERE / "results" / f"{name}.json"
     if not previous.exists():
         sys.exit(f"--report-only: {previous} does not exist, so there is no run's wall time to report; run without it")
-    recorded = json.loads(previous.read_text())
-    args.note = args.note or recorded.get("note", "")
-    return recorded["wall_s"], recorded["machine"]
+    return json.loads(previous.read_text())
 
 
 def main() -> None:
@@ -404,7 +399,10 @@ def main() -> None:
 
         torch.set_num_threads(1)
     if args.report_only:
-        done, (seconds, ran_on) = partial_records(args), recorded_run(args)
+        # Rewriting the table from the records must not erase how they were made.
+        recorded = recorded_run(args.name)
+        done, seconds, ran_on = partial_records(args), recorded["wall_s"], recorded["machine"]
+        args.note = args.note or recorded.get("note", "")
     elif args.jobs > 1 and not worker:
         (done, seconds), ran_on = run_jobs(args, argv), machine()
     else:
