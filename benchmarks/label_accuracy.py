@@ -1,0 +1,140 @@
+"""How well can the student label its own classification data? Its labellers scored on gold rows.
+
+SELF-GUIDE trains the student on labels the student gives its own inputs, so a finetuned classifier
+can hardly beat the labels it learned from. Synthetic inputs have no gold label, but the paper's
+`validation` split has: this scores every labelling strategy of stage (c) on a seeded sample of it,
+beside the majority label of the same rows (a constant answer's score).
+
+  greedy      one greedy answer to the annotation prompt (the prompting baseline with shuffled demos)
+  vote        5 samples at temperature 0.2, top_k 40, majority share >= 0.3 (the paper's stage (c));
+              an input without a majority counts as wrong, its coverage is reported beside it
+  likelihood  the most likely label string
+  calibrated  the same after contextual calibration (the builder's default for classification)
+  ensemble    calibrated label log-probabilities averaged over 4 demonstration orders per input
+  rank        calibrated scores assigned into equal classes by margin (`balance="rank"`, as the
+              builder does on its pool)
+
+    python benchmarks/label_accuracy.py                      # the 7 classification tasks, 80 rows each
+    python benchmarks/label_accuracy.py --tasks task190 --rows 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from common import SHARED_DATA, machine, markdown_table, write_results
+
+from selfguide import Task
+from selfguide.engines import SamplingParams, TransformersEngine
+from selfguide.metrics import normalize
+from selfguide.prompts import OUTPUT_STOP
+from selfguide.student import resolve_student
+from selfguide.synthesis.class_balance import assign_by_rank, to_label
+from selfguide.synthesis.label_calibration import label_by_likelihood
+from selfguide.synthesis.output_annotation import sample_outputs, vote
+
+STRATEGIES = ("greedy", "vote", "likelihood", "calibrated", "ensemble", "rank")
+
+
+def seeded_rows(task: Task, split: str, rows: int, seed: int) -> list[dict]:
+    number = task.name.split("_")[0]
+    lines = (SHARED_DATA / "ni" / "splits" / split / f"{number}.jsonl").read_text().splitlines()
+    pool = [{"input": r["input_col"], "output": r["output_col"]} for r in map(json.loads, lines)]
+    return random.Random(f"{seed}:{task.name}:labels").sample(pool, min(rows, len(pool)))
+
+
+def sampled_labels(engine, task: Task, inputs: list[str], n: int, temperature: float, seed: int) -> list:
+    params = SamplingParams(temperature=temperature, top_k=40 if temperature else 0, n=n, max_new_tokens=8,
+                            stop=OUTPUT_STOP, seed=seed)
+    samples = sample_outputs(engine, task, inputs, params)
+    return [vote(s, 0.3, lambda text: to_label(text, task.labels)).output for s in samples]
+
+
+def labellers(engine, task: Task, inputs: list[str], seed: int) -> dict[str, list]:
+    calibrated = label_by_likelihood(engine, task, inputs, seed)
+    # Each input under 4 orders: one single-order call per seed, so every input sees every order.
+    orders = [label_by_likelihood(engine, task, inputs, seed + k, num_orders=1) for k in range(4)]
+    mean = [[sum(o[i].label_scores[c] for o in orders) / 4 for c in range(len(task.labels))] for i in range(len(inputs))]
+    ranked = assign_by_rank([{"input": t, "label_scores": a.label_scores} for t, a in zip(inputs, calibrated)],
+                            task.labels, len(inputs))
+    by_input = {r["input"]: r["output"] for r in ranked}
+    return {
+        "greedy": sampled_labels(engine, task, inputs, 1, 0.0, seed),
+        "vote": sampled_labels(engine, task, inputs, 5, 0.2, seed),
+        "likelihood": [a.output for a in label_by_likelihood(engine, task, inputs, seed, calibrate=False)],
+        "calibrated": [a.output for a in calibrated],
+        "ensemble": [task.labels[max(range(len(m)), key=m.__getitem__)] for m in mean],
+        "rank": [by_input.get(t) for t in inputs],
+    }
+
+
+def accuracy(predicted: list, gold: list[str]) -> float:
+    return 100 * sum(p is not None and normalize(p) == normalize(g) for p, g in zip(predicted, gold)) / len(gold)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["task1385", "task1386", "task190", "task199", "task200", "task738", "task937"],
+                   help="task numbers in ../shared/data/ni/tasks")
+    p.add_argument("--split", default="validation", choices=["validation", "test"])
+    p.add_argument("--rows", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="label_accuracy")
+    args = p.parse_args()
+
+    start = time.perf_counter()
+    engine = TransformersEngine.from_pretrained(resolve_student(None))
+    results = []
+    for number in args.tasks:
+        task = Task.load(next((SHARED_DATA / "ni" / "tasks").glob(f"{number}_*.json")))
+        rows = seeded_rows(task, args.split, args.rows, args.seed)
+        gold = [r["output"] for r in rows]
+        t0 = time.perf_counter()
+        predicted = labellers(engine, task, [r["input"] for r in rows], args.seed)
+        record = {
+            "task": task.name, "rows": len(rows), "labels": list(task.labels),
+            "majority": 100 * Counter(gold).most_common(1)[0][1] / len(gold),
+            "accuracy": {k: accuracy(v, gold) for k, v in predicted.items()},
+            "vote_coverage": 100 * sum(v is not None for v in predicted["vote"]) / len(rows),
+            "top_predicted_share": {k: 100 * Counter(v).most_common(1)[0][1] / len(rows) for k, v in predicted.items()},
+            "seconds": time.perf_counter() - t0,
+        }
+        results.append(record)
+        print(json.dumps(record), flush=True)
+
+    header = ["task", "labels", "majority label", *STRATEGIES, "best - majority"]
+    table = []
+    for r in results:
+        acc = r["accuracy"]
+        best = max(acc.values())
+        table.append([r["task"], len(r["labels"]), f"{r['majority']:.1f}",
+                      *(f"{acc[k]:.1f}" + (f" ({r['vote_coverage']:.0f}% kept)" if k == "vote" else "") for k in STRATEGIES),
+                      f"{best - r['majority']:+.1f}"])
+    mean = {k: sum(r["accuracy"][k] for r in results) / len(results) for k in STRATEGIES}
+    mean_majority = sum(r["majority"] for r in results) / len(results)
+    table.append([f"**mean** ({len(results)})", "", f"{mean_majority:.1f}", *(f"{mean[k]:.1f}" for k in STRATEGIES),
+                  f"{max(mean.values()) - mean_majority:+.1f}"])
+    shares = [[r["task"], *(f"{r['top_predicted_share'][k]:.0f}" for k in STRATEGIES)] for r in results]
+    wall = time.perf_counter() - start
+    md = (
+        f"# Label accuracy of the embedded student's own labellers ({args.split} split)\n\n"
+        f"Exact match of each stage (c) labeller against the gold label on {args.rows} seeded rows per task "
+        f"of the paper's `{args.split}` split, beside the majority label of the same rows. See the module "
+        "docstring of `benchmarks/label_accuracy.py` for the strategies.\n\n"
+        + markdown_table(header, table)
+        + "\n\nShare (%) of the rows given the most frequent predicted label (100 = one label for every row):\n\n"
+        + markdown_table(["task", *STRATEGIES], shares)
+        + f"\n\nCommand: `python benchmarks/label_accuracy.py --tasks {' '.join(args.tasks)} --split {args.split} "
+        f"--rows {args.rows}`; wall time {wall / 60:.1f} min.\n"
+    )
+    write_results(args.name, {"settings": vars(args), "results": results, "wall_s": wall, "machine": machine()}, md)
+
+
+
+if __name__ == "__main__":
+    main()
