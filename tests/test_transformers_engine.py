@@ -51,6 +51,25 @@ def test_score_matches_scoring_each_pair_alone(engine):
     assert len(set(round(x, 3) for x in got)) > len(conts), "scores must depend on the prompt"
 
 
+def test_score_splits_batches_to_keep_continuation_logits_within_the_budget(engine):
+    conts = [" positive", " negative", " the plot drags on and on, but the cast is great"]
+    prompts = [p for p in PROMPTS for _ in conts]
+    want = engine.score(prompts, conts * len(PROMPTS))
+    vocab = engine.model.get_output_embeddings().weight.shape[0]
+    widths = [len(engine.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
+    engine.logits_budget = len(conts) * max(widths) * vocab  # one prompt and its continuations per forward
+    seen = []
+    hook = engine.model.register_forward_hook(lambda m, args, kwargs, out: seen.append(out.logits.shape), with_kwargs=True)
+    try:
+        got = engine.score(prompts, conts * len(PROMPTS))
+    finally:
+        hook.remove()
+    assert got == pytest.approx(want, abs=1e-4)
+    continuation_logits = [rows * width * v for rows, width, v in seen if width > 1]
+    assert len(continuation_logits) == len(PROMPTS), "one scoring forward per prompt under this budget"
+    assert max(continuation_logits) <= engine.logits_budget
+
+
 def test_score_of_an_empty_continuation_is_zero(engine):
     assert engine.score([PROMPTS[0], PROMPTS[0]], ["", " positive"])[0] == 0.0
 

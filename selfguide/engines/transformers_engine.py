@@ -12,21 +12,24 @@ from .base import Engine, SamplingParams, truncate_at_stop
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, model, tokenizer, batch_size: int = 16):
+    def __init__(self, model, tokenizer, batch_size: int = 16, logits_budget: int = 2**28):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # Most logits one scoring forward may hold (2**28 float32: 1 GiB, twice that with its
+        # log-softmax). Long continuations times a 262k vocabulary overran 24 GiB at batch_size alone.
+        self.logits_budget = logits_budget
         # Decoder-only generation needs the padding on the left so every row ends at the prompt's end.
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path: Optional[str] = None, dtype: str = "auto", batch_size: int = 16):
+    def from_pretrained(cls, model_name_or_path: Optional[str] = None, dtype: str = "auto", **kwargs):
         from ..student import load_student
 
         model, tokenizer = load_student(model_name_or_path, dtype=dtype)
-        return cls(model, tokenizer, batch_size=batch_size)
+        return cls(model, tokenizer, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +95,22 @@ class TransformersEngine(Engine):
                 results[i] = [truncate_at_stop(t, params.stop) for t in texts[j * n : (j + 1) * n]]
         return results
 
+    def _score_batches(self, unique: list[str], pairs_of: dict[str, list[int]], tokens: list[list[int]]):
+        """Prompts grouped by length, at most `batch_size` of them and `logits_budget` continuation logits
+        per group (one prompt with all its continuations always makes a group)."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        batch, rows, width = [], 0, 0
+        for u in sorted(range(len(unique)), key=lambda u: len(unique[u])):
+            pairs = pairs_of[unique[u]]
+            w = max(len(tokens[i]) for i in pairs)
+            if batch and (len(batch) == self.batch_size or (rows + len(pairs)) * max(width, w) * vocab > self.logits_budget):
+                yield batch
+                batch, rows, width = [], 0, 0
+            batch.append(u)
+            rows, width = rows + len(pairs), max(width, w)
+        if batch:
+            yield batch
+
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """Log-likelihood of each continuation after its prompt.
 
@@ -106,14 +125,15 @@ class TransformersEngine(Engine):
         for i, p in enumerate(prompts):
             pairs_of.setdefault(p, []).append(i)
         unique = list(pairs_of)
-        for _, idx in self._batches(unique):
+        tokens = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        for idx in self._score_batches(unique, pairs_of, tokens):
             enc = self._encode([unique[u] for u in idx])
             with torch.inference_mode():
                 out = self.model(**enc, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             owner = [j for j, u in enumerate(idx) for _ in pairs_of[unique[u]]]
             pair = [i for u in idx for i in pairs_of[unique[u]]]
-            conts = [tok(continuations[i], add_special_tokens=False)["input_ids"] for i in pair]
+            conts = [tokens[i] for i in pair]
             width = max(len(c) for c in conts)
             if width == 0:
                 continue
