@@ -13,8 +13,11 @@ beside the majority label of the same rows (a constant answer's score).
   ensemble    calibrated label log-probabilities averaged over 4 demonstration orders per input
   rank        calibrated scores assigned into equal classes by margin (`balance="rank"`, as the
               builder does on its pool)
+  channel     the label under which stage (a)'s prompt makes the input most likely, log p(input | label)
+              (`label_strategy="channel"`): whether the student writing inputs for a label knows the
+              class better than the student answering
 
-    python benchmarks/label_accuracy.py                      # the 7 classification tasks, 80 rows each
+    python benchmarks/label_accuracy.py                      # the 7 classification tasks, 40 rows each
     python benchmarks/label_accuracy.py --tasks task190 --rows 40
 """
 
@@ -25,7 +28,6 @@ import json
 import random
 import time
 from collections import Counter
-from pathlib import Path
 
 from common import SHARED_DATA, machine, markdown_table, write_results
 
@@ -35,10 +37,9 @@ from selfguide.metrics import normalize
 from selfguide.prompts import OUTPUT_STOP
 from selfguide.student import resolve_student
 from selfguide.synthesis.class_balance import assign_by_rank, to_label
-from selfguide.synthesis.label_calibration import label_by_likelihood
+from selfguide.synthesis.label_calibration import label_by_channel, label_by_likelihood
 from selfguide.synthesis.output_annotation import sample_outputs, vote
 
-STRATEGIES = ("greedy", "vote", "likelihood", "calibrated", "ensemble", "rank")
 
 
 def seeded_rows(task: Task, split: str, rows: int, seed: int) -> list[dict]:
@@ -48,29 +49,45 @@ def seeded_rows(task: Task, split: str, rows: int, seed: int) -> list[dict]:
     return random.Random(f"{seed}:{task.name}:labels").sample(pool, min(rows, len(pool)))
 
 
-def sampled_labels(engine, task: Task, inputs: list[str], n: int, temperature: float, seed: int) -> list:
+def sampled_labels(engine, task: Task, inputs: list[str], seed: int, n: int, temperature: float) -> list:
     params = SamplingParams(temperature=temperature, top_k=40 if temperature else 0, n=n, max_new_tokens=8,
                             stop=OUTPUT_STOP, seed=seed)
     samples = sample_outputs(engine, task, inputs, params)
     return [vote(s, 0.3, lambda text: to_label(text, task.labels)).output for s in samples]
 
 
-def labellers(engine, task: Task, inputs: list[str], seed: int) -> dict[str, list]:
-    calibrated = label_by_likelihood(engine, task, inputs, seed)
+def likelihood_labels(engine, task: Task, inputs: list[str], seed: int, calibrate: bool = True) -> list[str]:
+    return [a.output for a in label_by_likelihood(engine, task, inputs, seed, calibrate=calibrate)]
+
+
+def ensemble_labels(engine, task: Task, inputs: list[str], seed: int) -> list[str]:
     # Each input under 4 orders: one single-order call per seed, so every input sees every order.
     orders = [label_by_likelihood(engine, task, inputs, seed + k, num_orders=1) for k in range(4)]
-    mean = [[sum(o[i].label_scores[c] for o in orders) / 4 for c in range(len(task.labels))] for i in range(len(inputs))]
-    ranked = assign_by_rank([{"input": t, "label_scores": a.label_scores} for t, a in zip(inputs, calibrated)],
-                            task.labels, len(inputs))
-    by_input = {r["input"]: r["output"] for r in ranked}
-    return {
-        "greedy": sampled_labels(engine, task, inputs, 1, 0.0, seed),
-        "vote": sampled_labels(engine, task, inputs, 5, 0.2, seed),
-        "likelihood": [a.output for a in label_by_likelihood(engine, task, inputs, seed, calibrate=False)],
-        "calibrated": [a.output for a in calibrated],
-        "ensemble": [task.labels[max(range(len(m)), key=m.__getitem__)] for m in mean],
-        "rank": [by_input.get(t) for t in inputs],
-    }
+    k = len(task.labels)
+    mean = [[sum(o[i].label_scores[c] for o in orders) for c in range(k)] for i in range(len(inputs))]
+    return [task.labels[max(range(k), key=m.__getitem__)] for m in mean]
+
+
+def rank_labels(engine, task: Task, inputs: list[str], seed: int) -> list:
+    calibrated = label_by_likelihood(engine, task, inputs, seed)
+    rows = [{"input": t, "label_scores": a.label_scores} for t, a in zip(inputs, calibrated)]
+    by_input = {r["input"]: r["output"] for r in assign_by_rank(rows, task.labels, len(inputs))}
+    return [by_input.get(t) for t in inputs]
+
+
+def channel_labels(engine, task: Task, inputs: list[str], seed: int) -> list[str]:
+    return [a.output for a in label_by_channel(engine, task, inputs, seed)]
+
+
+LABELLERS = {
+    "greedy": lambda *a: sampled_labels(*a, n=1, temperature=0.0),
+    "vote": lambda *a: sampled_labels(*a, n=5, temperature=0.2),
+    "likelihood": lambda *a: likelihood_labels(*a, calibrate=False),
+    "calibrated": likelihood_labels,
+    "ensemble": ensemble_labels,
+    "rank": rank_labels,
+    "channel": channel_labels,
+}
 
 
 def accuracy(predicted: list, gold: list[str]) -> float:
@@ -82,8 +99,9 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["task1385", "task1386", "task190", "task199", "task200", "task738", "task937"],
                    help="task numbers in ../shared/data/ni/tasks")
     p.add_argument("--split", default="validation", choices=["validation", "test"])
-    p.add_argument("--rows", type=int, default=80)
+    p.add_argument("--rows", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategies", nargs="+", default=list(LABELLERS), choices=list(LABELLERS))
     p.add_argument("--name", default="label_accuracy")
     args = p.parse_args()
 
@@ -95,31 +113,32 @@ def main() -> None:
         rows = seeded_rows(task, args.split, args.rows, args.seed)
         gold = [r["output"] for r in rows]
         t0 = time.perf_counter()
-        predicted = labellers(engine, task, [r["input"] for r in rows], args.seed)
+        inputs = [r["input"] for r in rows]
+        predicted = {k: LABELLERS[k](engine, task, inputs, args.seed) for k in args.strategies}
         record = {
             "task": task.name, "rows": len(rows), "labels": list(task.labels),
             "majority": 100 * Counter(gold).most_common(1)[0][1] / len(gold),
             "accuracy": {k: accuracy(v, gold) for k, v in predicted.items()},
-            "vote_coverage": 100 * sum(v is not None for v in predicted["vote"]) / len(rows),
+            "vote_coverage": 100 * sum(v is not None for v in predicted["vote"]) / len(rows) if "vote" in predicted else None,
             "top_predicted_share": {k: 100 * Counter(v).most_common(1)[0][1] / len(rows) for k, v in predicted.items()},
             "seconds": time.perf_counter() - t0,
         }
         results.append(record)
         print(json.dumps(record), flush=True)
 
-    header = ["task", "labels", "majority label", *STRATEGIES, "best - majority"]
+    header = ["task", "labels", "majority label", *args.strategies, "best - majority"]
     table = []
     for r in results:
         acc = r["accuracy"]
         best = max(acc.values())
         table.append([r["task"], len(r["labels"]), f"{r['majority']:.1f}",
-                      *(f"{acc[k]:.1f}" + (f" ({r['vote_coverage']:.0f}% kept)" if k == "vote" else "") for k in STRATEGIES),
+                      *(f"{acc[k]:.1f}" + (f" ({r['vote_coverage']:.0f}% kept)" if k == "vote" else "") for k in args.strategies),
                       f"{best - r['majority']:+.1f}"])
-    mean = {k: sum(r["accuracy"][k] for r in results) / len(results) for k in STRATEGIES}
+    mean = {k: sum(r["accuracy"][k] for r in results) / len(results) for k in args.strategies}
     mean_majority = sum(r["majority"] for r in results) / len(results)
-    table.append([f"**mean** ({len(results)})", "", f"{mean_majority:.1f}", *(f"{mean[k]:.1f}" for k in STRATEGIES),
+    table.append([f"**mean** ({len(results)})", "", f"{mean_majority:.1f}", *(f"{mean[k]:.1f}" for k in args.strategies),
                   f"{max(mean.values()) - mean_majority:+.1f}"])
-    shares = [[r["task"], *(f"{r['top_predicted_share'][k]:.0f}" for k in STRATEGIES)] for r in results]
+    shares = [[r["task"], *(f"{r['top_predicted_share'][k]:.0f}" for k in args.strategies)] for r in results]
     wall = time.perf_counter() - start
     md = (
         f"# Label accuracy of the embedded student's own labellers ({args.split} split)\n\n"
@@ -128,9 +147,9 @@ def main() -> None:
         "docstring of `benchmarks/label_accuracy.py` for the strategies.\n\n"
         + markdown_table(header, table)
         + "\n\nShare (%) of the rows given the most frequent predicted label (100 = one label for every row):\n\n"
-        + markdown_table(["task", *STRATEGIES], shares)
+        + markdown_table(["task", *args.strategies], shares)
         + f"\n\nCommand: `python benchmarks/label_accuracy.py --tasks {' '.join(args.tasks)} --split {args.split} "
-        f"--rows {args.rows}`; wall time {wall / 60:.1f} min.\n"
+        f"--rows {args.rows} --strategies {' '.join(args.strategies)}`; wall time {wall / 60:.1f} min.\n"
     )
     write_results(args.name, {"settings": vars(args), "results": results, "wall_s": wall, "machine": machine()}, md)
 

@@ -14,7 +14,7 @@ from ..synthesis.pipeline import SelfGuidePipeline
 from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
 
-LABEL_STRATEGIES = ("likelihood", "vote")
+LABEL_STRATEGIES = ("likelihood", "channel", "vote")
 BALANCE_MODES = ("cap", "downsample", "rank", "none")
 
 
@@ -45,14 +45,15 @@ class SelfGuideConfig(TaskDatasetConfig):
     format_check: bool = True
     near_duplicate_threshold: float = 0.8
     # (c) output annotation
-    label_strategy: str = "likelihood"  # classification: "likelihood" (calibrated) or "vote" (paper)
+    # classification: "likelihood" (calibrated), "channel" (the label under which the input is likeliest) or "vote" (paper)
+    label_strategy: str = "likelihood"
     calibrate: bool = True
     annotation_samples: int = 5
     annotation_temperature: float = 0.2
     min_majority: float = 0.3
     output_max_new_tokens: Optional[int] = None
     # (d) classification balance / generation output filters
-    # None: "rank" with likelihood labels (the argmax of a small student's labels starves every class
+    # None: "rank" with likelihood or channel labels (the argmax of a small student's labels starves every class
     # but one: on SNLI the 270M student gave no 'E' among 150 inputs), else the paper's "cap".
     balance: Optional[str] = None
     output_length_filter: bool = True
@@ -63,11 +64,11 @@ class SelfGuideConfig(TaskDatasetConfig):
         if self.label_strategy not in LABEL_STRATEGIES:
             raise ValueError(f"label_strategy: {self.label_strategy!r} is not one of {LABEL_STRATEGIES}")
         if self.balance is None:
-            self.balance = "rank" if self.label_strategy == "likelihood" else "cap"
+            self.balance = "cap" if self.label_strategy == "vote" else "rank"
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance: {self.balance!r} is not one of {BALANCE_MODES}")
-        if self.balance == "rank" and self.label_strategy != "likelihood":
-            raise ValueError("balance: 'rank' orders rows by their label likelihoods. Fix: set label_strategy='likelihood' or another balance")
+        if self.balance == "rank" and self.label_strategy == "vote":
+            raise ValueError("balance: 'rank' orders rows by their label likelihoods. Fix: set label_strategy='likelihood' or 'channel', or another balance")
         if not 0 < self.min_majority <= 1:
             raise ValueError(f"min_majority: must be in (0, 1], got {self.min_majority}")
         if not 0 <= self.min_low_quality <= self.max_low_quality:

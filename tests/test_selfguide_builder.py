@@ -52,6 +52,14 @@ def test_rank_balance_gives_equal_classes(tmp_path, tiny_model_dir):
     assert selfguide.filter_report(ds).to_dict()["rank_balance"]["out"] == 6
 
 
+def test_channel_labels_default_to_rank_balance(tmp_path, tiny_model_dir):
+    ds = _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path / "cache", num_examples=4, label_strategy="channel")
+    labels = ds["train"]["output"]
+    assert len(labels) == 4 and labels.count("positive") == labels.count("negative") == 2
+    report = selfguide.filter_report(ds).to_dict()
+    assert report["output_annotation"]["out"] == report["output_annotation"]["in"], "a channel label is never missing"
+
+
 def test_second_call_does_no_model_work_and_knobs_change_the_key(tmp_path):
     model = build_tiny_model(tmp_path / "model")
     task = FIXTURES / "rewrite_task.json"

@@ -8,8 +8,8 @@ from selfguide import Task
 from selfguide.engines import SamplingParams, TransformersEngine
 from selfguide.synthesis.class_balance import assign_by_rank, class_cap, downsample_to_smallest, to_label
 from selfguide.synthesis.input_filters import InputFilter, length_window, required_markers
-from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label, generate_inputs
-from selfguide.synthesis.label_calibration import label_by_likelihood
+from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label
+from selfguide.synthesis.label_calibration import label_by_channel, label_by_likelihood
 from selfguide.prompts import row_fewshot_prompt
 from selfguide.synthesis.output_annotation import annotation_prompts, vote
 from selfguide.synthesis.output_filters import OutputFilter
@@ -53,12 +53,12 @@ def test_target_labels_favour_short_classes():
 
 def test_engine_is_seeded_and_honours_stop_strings(engine):
     params = SamplingParams(temperature=0.9, top_k=40, n=3, max_new_tokens=12, stop=("e",), seed=7)
-    a = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], params)
-    b = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], params)
-    assert [c.text for c in a] == [c.text for c in b] and len(a) == 6
-    assert all("e" not in c.text for c in a)
-    other = generate_inputs(engine, ["Input: x", "Input: yy"], [None, None], SamplingParams(**{**vars(params), "seed": 8}))
-    assert [c.text for c in other] != [c.text for c in a]
+    a = engine.generate(["Input: x", "Input: yy"], params)
+    b = engine.generate(["Input: x", "Input: yy"], params)
+    assert a == b and [len(s) for s in a] == [3, 3]
+    assert all("e" not in text for samples in a for text in samples)
+    other = engine.generate(["Input: x", "Input: yy"], SamplingParams(**{**vars(params), "seed": 8}))
+    assert other != a
 
 
 def test_length_window_has_a_floor():
@@ -103,6 +103,19 @@ def test_likelihood_labels_are_valid_and_calibration_changes_scores(engine, sent
     calibrated = label_by_likelihood(engine, task, inputs, seed=0, calibrate=True)
     assert all(a.output in task.labels and 0.5 <= a.agreement <= 1.0 for a in plain + calibrated)
     assert [a.agreement for a in plain] != [a.agreement for a in calibrated]
+
+
+def test_channel_labels_score_each_input_under_each_label_s_input_prompt(engine, sentiment_task_dict):
+    task = Task.load(sentiment_task_dict)
+    inputs = ["Loved it.", "Hated it.", "Fine film.", "Awful.", "Meh."]
+    got = label_by_channel(engine, task, inputs, seed=3, num_orders=2)
+    for i, (text, a) in enumerate(zip(inputs, got)):
+        prompts = [build_input_prompt(task, [], label, random.Random(f"3:order{i % 2}")) for label in task.labels]
+        direct = engine.score(prompts, [text] * len(task.labels))  # log p(input | label), not p(label | input)
+        best = max(range(len(task.labels)), key=direct.__getitem__)
+        assert a.output == task.labels[best] and a.agreement >= 1 / len(task.labels)
+        gaps = [x - direct[0] for x in direct]
+        assert [x - a.label_scores[0] for x in a.label_scores] == pytest.approx(gaps, abs=1e-4)
 
 
 def test_class_balance():

@@ -11,20 +11,13 @@ into the generated text.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..engines import Engine, SamplingParams
+from ..engines import Engine
 from ..task import Example, Task
 
 SLOT_MARKER = "### Example"
 INPUT_STOP = ("\n###", "\n\n\n")
-
-
-@dataclass(frozen=True)
-class InputCandidate:
-    text: str
-    target_label: Optional[str]
 
 
 def _slot(number: int, label: Optional[str]) -> str:
@@ -56,13 +49,3 @@ def draw_target_label(labels: Sequence[str], counts: dict[str, int], cap: int, r
 def input_max_new_tokens(engine: Engine, task: Task, slack: float = 1.5, floor: int = 16) -> int:
     longest = max(engine.count_tokens([ex.input]) for ex in task.examples)
     return max(floor, int(longest * slack) + 8)
-
-
-def generate_inputs(
-    engine: Engine,
-    prompts: list[str],
-    targets: list[Optional[str]],
-    params: SamplingParams,
-) -> list[InputCandidate]:
-    outputs = engine.generate(prompts, params)
-    return [InputCandidate(text, target) for samples, target in zip(outputs, targets) for text in samples]

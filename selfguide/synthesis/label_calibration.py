@@ -1,8 +1,13 @@
-"""Classification labelling by likelihood: score every label string instead of sampling text.
+"""Classification labelling by likelihood: score every label instead of sampling text.
 
 A small base model sampled for labels mostly echoes the first demonstration's answer. Comparing the
 log-likelihood of each label, corrected by the same label's likelihood after a content-free input
 (contextual calibration, Zhao et al. 2021), removes that prior and always yields a valid label.
+
+The channel direction (Min et al. 2022) asks the other way round: under which label does stage (a)'s
+prompt make the input most likely. It uses what the student does when it writes inputs for a label,
+which can know a class where its answers do not (the stance task of NI V2, where it labels at chance:
+`benchmarks/results/label_accuracy_channel.md`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Sequence
 from ..engines import Engine
 from ..prompts import format_completion, format_prompt
 from ..task import Task
+from .input_generation import build_input_prompt
 from .output_annotation import Annotation
 
 CONTENT_FREE_INPUT = "N/A"
@@ -58,11 +64,27 @@ def label_by_likelihood(
         baseline = [flat[k * len(labels) : (k + 1) * len(labels)] for k in range(num_orders)]
     prompts = [prompt(text, i % num_orders) for i, text in enumerate(inputs) for _ in labels]
     flat = engine.score(prompts, continuations * len(inputs))
-    result = []
-    for i in range(len(inputs)):
-        k = i % num_orders
-        scores = [s - b for s, b in zip(flat[i * len(labels) : (i + 1) * len(labels)], baseline[k])]
-        logprobs = _log_softmax(scores)
-        best = max(range(len(labels)), key=logprobs.__getitem__)
-        result.append(Annotation(labels[best], 1, math.exp(logprobs[best]), label_scores=logprobs))
-    return result
+    return [
+        _annotation(labels, [s - b for s, b in zip(flat[i * len(labels) : (i + 1) * len(labels)], baseline[i % num_orders])])
+        for i in range(len(inputs))
+    ]
+
+
+def label_by_channel(engine: Engine, task: Task, inputs: Sequence[str], seed: int, num_orders: int = 4) -> list[Annotation]:
+    """One annotation per input: the label whose input-generation prompt gives the input the highest
+    log-likelihood. The same `num_orders` demonstration orders are shared across inputs, so each
+    (order, label) prompt is encoded once for all the inputs that use it."""
+    labels = list(task.labels)
+    prompts = [
+        build_input_prompt(task, [], label, random.Random(f"{seed}:order{i % num_orders}"))
+        for i in range(len(inputs))
+        for label in labels
+    ]
+    flat = engine.score(prompts, [text.strip() for text in inputs for _ in labels])
+    return [_annotation(labels, flat[i * len(labels) : (i + 1) * len(labels)]) for i in range(len(inputs))]
+
+
+def _annotation(labels: list[str], scores: Sequence[float]) -> Annotation:
+    logprobs = _log_softmax(scores)
+    best = max(range(len(labels)), key=logprobs.__getitem__)
+    return Annotation(labels[best], 1, math.exp(logprobs[best]), label_scores=logprobs)

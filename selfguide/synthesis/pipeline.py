@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Optional
 
 from datasets.utils import tqdm
 
@@ -21,8 +20,8 @@ from ..report import FilterReport
 from ..task import Example, Task
 from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest, to_label
 from .input_filters import DEFAULT_NOISE_PATTERNS, InputFilter
-from .input_generation import INPUT_STOP, InputCandidate, build_input_prompt, draw_target_label, input_max_new_tokens
-from .label_calibration import label_by_likelihood
+from .input_generation import INPUT_STOP, build_input_prompt, draw_target_label, input_max_new_tokens
+from .label_calibration import label_by_channel, label_by_likelihood
 from .output_annotation import Annotation, sample_outputs, vote
 from .output_filters import OutputFilter
 
@@ -81,40 +80,42 @@ class SelfGuidePipeline:
 
     # -- one batch ---------------------------------------------------------------------------------
 
-    def _prompts(self, rng: random.Random, size: int, rows: list[dict]) -> tuple[list[str], list[Optional[str]]]:
+    def _prompts(self, rng: random.Random, size: int, rows: list[dict]) -> list[str]:
         cfg = self.cfg
         counts = class_counts(rows) if self.labels else {}
-        prompts, targets = [], []
+        prompts = []
         for _ in range(size):
             k = min(len(rows), rng.randint(cfg.min_low_quality, cfg.max_low_quality))
             low = [Example(r["input"], r["output"]) for r in rng.sample(rows, k)]
+            # The target label only steers what the student writes: stage (c) labels every input itself.
             target = draw_target_label(self.labels, counts, self.cap or cfg.num_examples, rng) if self.labels else None
             prompts.append(build_input_prompt(self.task, low, target, rng))
-            targets.append(target)
-        return prompts, targets
+        return prompts
 
     def _annotate(self, inputs: list[str], seed: int) -> list[Annotation]:
         if self.labels and self.cfg.label_strategy == "likelihood":
             return label_by_likelihood(self.engine, self.task, inputs, seed, calibrate=self.cfg.calibrate)
+        if self.labels and self.cfg.label_strategy == "channel":
+            return label_by_channel(self.engine, self.task, inputs, seed)
         params = SamplingParams(**{**vars(self.output_params), "seed": seed})
         samples = sample_outputs(self.engine, self.task, inputs, params)
         to_answer = (lambda s: to_label(s, self.labels)) if self.labels else (lambda s: s.strip() or None)
         return [vote(s, self.cfg.min_majority, to_answer) for s in samples]
 
     def _batch(self, key: str, rng: random.Random, size: int, rows: list[dict], round_index: int) -> list[dict]:
-        prompts, targets = self._prompts(rng, size, rows)
+        prompts = self._prompts(rng, size, rows)
         params = SamplingParams(**{**vars(self.input_params), "seed": _seed(self.cfg.seed, key, "inputs")})
         texts = self.journal.run(f"inputs/{key}", lambda: self.engine.generate(prompts, params))
-        candidates = [InputCandidate(t, target) for samples, target in zip(texts, targets) for t in samples]
+        candidates = [t for samples in texts for t in samples]
         self.report.add("input_generation", len(prompts), len(candidates))
 
         kept, drops = [], {}
-        for c in candidates:
-            reason = self.input_filter.accept(c.text)
+        for text in candidates:
+            reason = self.input_filter.accept(text)
             if reason:
                 drops[reason] = drops.get(reason, 0) + 1
             else:
-                kept.append(c.text.strip())
+                kept.append(text.strip())
         self.report.add("input_filters", len(candidates), len(kept), drops)
         if not kept:
             return []
