@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -237,9 +238,13 @@ def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
             cells.append("-" if not have else f"{statistics.fmean(have):.1f}" + ("" if len(have) == len(tasks) else f" ({len(have)} of {len(tasks)})"))
         means.append([f"**mean {kind}** ({len(tasks)})", kind, metric_name(kind), f"{statistics.fmean(t[ref_key] for t in tasks):.1f}",
                       *cells, f"{statistics.fmean(gains[kind]):+.1f}" if gains[kind] else "-"])
-    settings = {k: v for k, v in vars(args).items() if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard", "queue")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard", "queue", "command")}
+    defaults = vars(parse_args(["--quick"] if args.quick else []))
+    changed = [k for k, v in settings.items() if k not in ("name", "jobs") and v != defaults[k]]
     md = "\n".join([
-        f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings)",
+        f"# Natural Instructions V2: SELF-GUIDE protocol ({'quick' if args.quick else 'default'} settings"
+        + (f", except {', '.join(changed)})" if changed else ")"),
         "",
         f"Student: embedded Gemma 3 270M base. {args.eval_rows} seeded rows of the paper's `{args.split}` split per task; "
         f"{args.num_examples} synthetic rows; QLoRA {args.max_steps} steps at lr {args.learning_rate}, trained and scored "
@@ -249,7 +254,7 @@ def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
         "",
         markdown_table(header, rows + means),
         "",
-        f"Command: `python benchmarks/ni_v2.py{' --quick' if args.quick else ''}`. Wall time of the last call that ran "
+        f"Command: `{args.command}`. Wall time of the last call that ran "
         f"methods: {wall_s / 60:.1f} min ({args.jobs} worker process(es)). Time spent in the methods: "
         f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON, summed over workers and "
         "resumed calls). Settings: `" + json.dumps(settings) + "`",
@@ -259,7 +264,8 @@ def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
         *([args.note, ""] if args.note else []),
         f"![scores]({args.name}.png)",
     ])
-    write_results(args.name, {"settings": settings, "results": results, "wall_s": wall_s, "note": args.note, "machine": ran_on}, md)
+    write_results(args.name, {"settings": settings, "command": args.command, "results": results, "wall_s": wall_s,
+                              "note": args.note, "machine": ran_on}, md)
     plot(by_task, no_rows, args)
 
 
@@ -403,10 +409,14 @@ def main() -> None:
         recorded = recorded_run(args.name)
         done, seconds, ran_on = partial_records(args), recorded["wall_s"], recorded["machine"]
         args.note = args.note or recorded.get("note", "")
-    elif args.jobs > 1 and not worker:
-        (done, seconds), ran_on = run_jobs(args, argv), machine()
+        # Tables written before the command was recorded were made by the plain call.
+        args.command = recorded.get("command", "python benchmarks/ni_v2.py" + (" --quick" if args.quick else ""))
     else:
-        (done, seconds), ran_on = run_all(args), machine()
+        args.command = shlex.join(["python", "benchmarks/ni_v2.py", *argv])
+        if args.jobs > 1 and not worker:
+            (done, seconds), ran_on = run_jobs(args, argv), machine()
+        else:
+            (done, seconds), ran_on = run_all(args), machine()
     if worker:
         return
     if not done:
