@@ -13,9 +13,9 @@ tasks, is largest. Resumable: each setting keeps its own partial file in the wor
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
+import sys
 import tempfile
-from pathlib import Path
 
 import ni_v2
 from common import SHARED_DATA, machine, markdown_table, write_results
@@ -29,6 +29,7 @@ def main() -> None:
                         "of each setting tried")
     p.add_argument("--eval-rows", type=int, default=40)
     p.add_argument("--num-examples", type=int, default=32)
+    p.add_argument("--name", default="ni_v2_tuning", help="results file stem")
     args = p.parse_args()
 
     files = [str(next((SHARED_DATA / "ni" / "tasks").glob(f"{t}_*.json"))) for t in args.tasks]
@@ -64,10 +65,10 @@ def main() -> None:
         "",
         markdown_table(["learning rate", "steps", "prompt", *[t.split("_")[0] for t in tasks], "smallest gain"], rows),
         "",
-        f"Command: `python benchmarks/ni_v2_tuning.py --tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)}`; "
+        f"Command: `{shlex.join(['python', 'benchmarks/ni_v2_tuning.py', *sys.argv[1:]])}`; "
         f"time in the methods {seconds / 60:.1f} min (resumed parts included).",
     ])
-    write_results("ni_v2_tuning", {"settings": vars(args), "baseline": base, "grid": settings, "pick": best,
+    write_results(args.name, {"settings": vars(args), "baseline": base, "grid": settings, "pick": best,
                                    "machine": machine()}, md)
 
 
