@@ -35,7 +35,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id to score as the finetuned model")
     p.add_argument("--adapter-prompt", default="zero-shot", choices=["zero-shot", "few-shot"],
                    help="prompt the adapter was trained with (the recipe's --train_prompt)")
-    p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit nf4, as QLoRA trained it")
+    p.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the base in 4-bit nf4 (default: as the adapter was trained, 4-bit when its model card says QLoRA)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", dest="json_path", default=None, help="also write the scores to this JSON file")
@@ -51,7 +52,7 @@ def _report_input_error(error: Exception) -> int:
 def run_evaluate(args) -> int:
     import json
 
-    from .evaluation import evaluate_task, format_table
+    from .evaluation import adapter_trained_in_4bit, evaluate_task, format_table
     from .quantization import MissingBitsandbytesError
 
     try:
@@ -62,6 +63,9 @@ def run_evaluate(args) -> int:
     except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)
     print(format_table(scores))
+    if args.load_in_4bit is None and args.adapter and adapter_trained_in_4bit(args.adapter):
+        print("The base was loaded in 4-bit nf4, as the adapter's model card says QLoRA trained it "
+              "(--no-load-in-4bit scores it in full precision).")
     if args.json_path:
         rows = [{"model": s.model, "prompt": s.prompt, "metric": s.metric, "value": s.value, "rows": s.num_rows} for s in scores]
         Path(args.json_path).write_text(json.dumps(rows, indent=2) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -180,22 +181,49 @@ def adapter_base_model(adapter: str) -> Optional[str]:
     return PeftConfig.from_pretrained(adapter).base_model_name_or_path
 
 
+def adapter_trained_in_4bit(adapter: str) -> bool:
+    """Whether the adapter's model card (the recipe writes one) tags it `qlora`: trained on a 4-bit base.
+
+    Such an adapter scored on a full-precision base is not the model that was trained: on NI V2 task937
+    the same adapter scored 70.0 on its 4-bit base and 52.5 in full precision.
+    """
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
+
+    folder = Path(adapter)
+    if folder.is_dir():
+        if not (folder / "README.md").exists():
+            return False
+        card = ModelCard.load(folder / "README.md")
+    else:
+        try:
+            card = ModelCard.load(adapter)
+        except EntryNotFoundError:  # a Hub adapter without a card
+            return False
+    return "qlora" in (card.data.tags or [])
+
+
 def evaluate_task(
     task,
     model_name_or_path: Optional[str] = None,
     adapter: Optional[str] = None,
     *,
-    load_in_4bit: bool = False,
+    load_in_4bit: Optional[bool] = None,
     limit: Optional[int] = None,
     batch_size: int = 16,
     dtype: str = "auto",
     adapter_prompt: str = ZERO_SHOT,
 ) -> list[TaskScore]:
-    """The prompting baseline, and the adapter (with the prompt it was trained with) when given, on the task's gold rows."""
+    """The prompting baseline, and the adapter (with the prompt it was trained with) when given, on the task's gold rows.
+
+    `load_in_4bit=None` loads the base as the adapter was trained: in 4-bit nf4 for a QLoRA adapter.
+    """
     task = Task.load(task)
     rows = gold_rows(task, limit)
     if adapter and model_name_or_path is None:
         model_name_or_path = adapter_base_model(adapter)
+    if load_in_4bit is None:
+        load_in_4bit = bool(adapter) and adapter_trained_in_4bit(adapter)
     model, tokenizer = load_for_evaluation(model_name_or_path, adapter, load_in_4bit=load_in_4bit, dtype=dtype)
     scores = score_baseline(model, tokenizer, task, rows, batch_size=batch_size)
     if adapter:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfguide import Task
 from selfguide.commands import add_evaluate_parser, demo_task_path
-from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, build_prompts, evaluate_task, score_model
+from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model
 from selfguide.metrics import task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
 
@@ -72,6 +72,33 @@ def test_two_processes_split_the_rows_and_agree_with_one(task, tiny, tiny_model_
     for rank in (0, 1):
         got = json.loads(open(f"{out}.{rank}").read())
         assert got == {"predictions": single.predictions, "value": single.value}
+
+
+def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(tiny_model_dir, sentiment_task_dict, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(adapter)
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(sentiment_task_dict))
+    assert not adapter_trained_in_4bit(str(adapter)), "no card: nothing says it was trained in 4-bit"
+    ModelCard("---\ntags:\n- selfguide\n- lora\n---\n# adapter\n").save(adapter / "README.md")
+    assert not adapter_trained_in_4bit(str(adapter))
+    ModelCard("---\ntags:\n- selfguide\n- qlora\n---\n# adapter\n").save(adapter / "README.md")
+    assert adapter_trained_in_4bit(str(adapter))
+
+    auto = evaluate_task(task_file, adapter=str(adapter))
+    four_bit = evaluate_task(task_file, adapter=str(adapter), load_in_4bit=True)
+    full = evaluate_task(task_file, adapter=str(adapter), load_in_4bit=False)
+    assert [s.predictions for s in auto] == [s.predictions for s in four_bit]
+    assert [s.predictions for s in auto] != [s.predictions for s in full]
+    assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter)]) == 0
+    assert "4-bit nf4, as the adapter's model card says QLoRA" in capsys.readouterr().out
+    assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter), "--no-load-in-4bit"]) == 0
+    assert "4-bit" not in capsys.readouterr().out
 
 
 def _cli(argv):
