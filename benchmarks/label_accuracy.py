@@ -30,6 +30,7 @@ import time
 from collections import Counter
 
 from common import SHARED_DATA, machine, markdown_table, write_results
+from ni_v2 import split_rows
 
 from selfguide import Task
 from selfguide.engines import SamplingParams, TransformersEngine
@@ -41,11 +42,8 @@ from selfguide.synthesis.label_calibration import label_by_channel, label_by_lik
 from selfguide.synthesis.output_annotation import sample_outputs, vote
 
 
-
 def seeded_rows(task: Task, split: str, rows: int, seed: int) -> list[dict]:
-    number = task.name.split("_")[0]
-    lines = (SHARED_DATA / "ni" / "splits" / split / f"{number}.jsonl").read_text().splitlines()
-    pool = [{"input": r["input_col"], "output": r["output_col"]} for r in map(json.loads, lines)]
+    pool = split_rows(task, split)
     return random.Random(f"{seed}:{task.name}:labels").sample(pool, min(rows, len(pool)))
 
 
@@ -70,9 +68,9 @@ def ensemble_labels(engine, task: Task, inputs: list[str], seed: int) -> list[st
 
 def rank_labels(engine, task: Task, inputs: list[str], seed: int) -> list:
     calibrated = label_by_likelihood(engine, task, inputs, seed)
-    rows = [{"input": t, "label_scores": a.label_scores} for t, a in zip(inputs, calibrated)]
-    by_input = {r["input"]: r["output"] for r in assign_by_rank(rows, task.labels, len(inputs))}
-    return [by_input.get(t) for t in inputs]
+    rows = [{"index": i, "label_scores": a.label_scores} for i, a in enumerate(calibrated)]
+    by_index = {r["index"]: r["output"] for r in assign_by_rank(rows, task.labels, len(inputs))}
+    return [by_index.get(i) for i in range(len(inputs))]
 
 
 def channel_labels(engine, task: Task, inputs: list[str], seed: int) -> list[str]:
@@ -152,7 +150,6 @@ def main() -> None:
         f"--rows {args.rows} --strategies {' '.join(args.strategies)}`; wall time {wall / 60:.1f} min.\n"
     )
     write_results(args.name, {"settings": vars(args), "results": results, "wall_s": wall, "machine": machine()}, md)
-
 
 
 if __name__ == "__main__":

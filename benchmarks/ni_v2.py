@@ -116,16 +116,19 @@ def task_files(args) -> list[Path]:
     return files
 
 
+def split_rows(task: Task, split: str) -> list[dict]:
+    """The task's rows in the paper's `split`, or its own instances for an extra task without one."""
+    split_file = SHARED_DATA / "ni" / "splits" / split / f"{task.name.split('_')[0]}.jsonl"
+    if not split_file.exists():
+        return [{"input": g.input, "output": g.output} for g in task.gold]
+    rows = map(json.loads, split_file.read_text().splitlines())
+    return [{"input": r["input_col"], "output": r["output_col"]} for r in rows]
+
+
 def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
     """The NI task with its gold rows replaced by a seeded sample of the paper's split, written as a spec."""
     task = Task.load(path)
-    number = task.name.split("_")[0]
-    split_file = SHARED_DATA / "ni" / "splits" / args.split / f"{number}.jsonl"
-    if split_file.exists():
-        rows = [json.loads(line) for line in split_file.read_text().splitlines()]
-        rows = [{"input": r["input_col"], "output": r["output_col"]} for r in rows]
-    else:  # an extra task without a paper split: its own instances
-        rows = [{"input": g.input, "output": g.output} for g in task.gold]
+    rows = split_rows(task, args.split)
     rows = random.Random(f"{args.seed}:{task.name}").sample(rows, min(args.eval_rows, len(rows)))
     spec = task.to_dict() | {"test": rows}
     if task.is_classification:
