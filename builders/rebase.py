@@ -32,6 +32,9 @@ class ReBaseConfig(TaskDatasetConfig):
     base_url: Optional[str] = None
     api_key: Optional[str] = None  # default: $OPENAI_API_KEY
     cot: bool = False
+    # Classification: a retrieved row whose dataset answers in the task's labels keeps its own label,
+    # whatever the rewriter answers (with `cot`, a disagreeing row is dropped).
+    source_labels: bool = True
     # Rows retrieved per requested example: the transformation drops some.
     retrieve_factor: float = 2.0
     candidates: int = 256
@@ -75,6 +78,7 @@ class ReBase(TaskDatasetBuilder):
             "source_row_id": datasets.Value("string"),
             "source_license": datasets.Value("string"),
             "retrieval_score": datasets.Value("float32"),
+            "label_from_source": datasets.Value("bool"),
         }
 
     def provenance_defaults(self):
@@ -86,6 +90,7 @@ class ReBase(TaskDatasetBuilder):
             "source_row_id": "",
             "source_license": "",
             "retrieval_score": -1.0,
+            "label_from_source": False,
         }
 
     def engine(self):

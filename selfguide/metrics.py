@@ -17,6 +17,12 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def match_label(answer: str, labels: Sequence[str]) -> Optional[str]:
+    """The label `answer` is, up to normalisation, or None: no search inside longer text."""
+    by_norm = {normalize(label): label for label in labels}
+    return by_norm.get(normalize(answer))
+
+
 def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
     """The label whose normalised string ends last in `text` (models often explain before answering).
 

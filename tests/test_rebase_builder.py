@@ -18,7 +18,9 @@ from tests.conftest import FIXTURES as TASKS
 from tests.rebase_support import FIXTURES, ScriptedServer, copying_teacher, fixture_store, free_port, source_record
 
 TASK = TASKS / "sentiment_task.json"
-SOURCE_COLUMNS = {"reasoning", "source_dataset", "source_config", "source_split", "source_row_id", "source_license", "retrieval_score"}
+SOURCE_COLUMNS = {
+    "reasoning", "source_dataset", "source_config", "source_split", "source_row_id", "source_license", "retrieval_score", "label_from_source"
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,26 @@ def test_load_dataset_turns_retrieved_rows_into_task_rows(store, tmp_path, monke
     first = server.requests[0]
     assert first["temperature"] == 0.0 and task.examples[0].input in first["prompt"]
     assert source_record(first["prompt"])["text"] in {r["text"] for r in by_id.values()}
+
+
+def _always_positive(prompt, body):
+    reply = json.loads('{"input": "' + copying_teacher(prompt, body))
+    return json.dumps(reply["input"])[1:] + ', "output": "positive"}'
+
+
+@pytest.mark.parametrize("source_labels", [True, False])
+def test_rows_keep_their_source_datasets_labels_over_the_rewriters(store, tmp_path, source_labels):
+    with ScriptedServer(_always_positive) as server:
+        train = _load(store.path, server.base_url, tmp_path / "cache", num_examples=6, source_labels=source_labels)["train"]
+    by_id = {json.loads(line)["id"]: json.loads(line) for line in (FIXTURES / "reviews.jsonl").open()}
+    reviews = [r for r in train if r["source_dataset"] == "imdb_small"]
+    gold = [by_id[r["source_row_id"]]["label"] for r in reviews]
+    assert "negative" in gold
+    if source_labels:
+        assert [r["output"] for r in reviews] == gold and all(r["label_from_source"] for r in reviews)
+    else:
+        assert {r["output"] for r in reviews} == {"positive"} and not any(train["label_from_source"])
+    assert not any(r["label_from_source"] for r in train if r["source_dataset"] != "imdb_small")
 
 
 def test_second_call_is_cached_and_the_datastore_content_is_the_key(tmp_path):

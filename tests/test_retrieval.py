@@ -6,7 +6,7 @@ import pytest
 from selfguide import FilterReport, Task
 from selfguide.rebase import ContaminationGuard, retrieve
 from selfguide.rebase.datastore import embed
-from selfguide.rebase.retrieval import is_excluded
+from selfguide.rebase.retrieval import carried_label, is_excluded
 from tests.conftest import FIXTURES as TASKS
 from tests.rebase_support import fixture_store
 
@@ -42,18 +42,50 @@ def test_sentiment_task_retrieves_the_reviews_without_contamination_or_duplicate
     }
 
 
-def test_score_averages_description_input_and_output_similarities(store, task):
-    top = retrieve(store, task, 1)[0]
-    source = next(s for s in store.sources if s["dataset"] == top.dataset)
-    cells = [v for v in top.content.values() if isinstance(v, str)]
+def _expected_scores(task, row, store):
+    """The three ReBase terms of `row`, recomputed here from the embedder alone."""
+    source = next(s for s in store.sources if s["dataset"] == row.dataset)
+    cells = [v for v in row.content.values() if isinstance(v, str)]
     cell_vecs = embed(cells)
     description = float(embed([task.instruction])[0] @ embed([source["description"]])[0])
-    best_input = np.mean([max(cell_vecs @ v) for v in embed([e.input for e in task.examples])])
-    best_output = np.mean([max(cell_vecs @ v) for v in embed([e.output for e in task.examples])])
-    assert top.description_score == pytest.approx(description, abs=1e-4)
-    assert top.input_score == pytest.approx(best_input, abs=1e-4)
-    assert top.output_score == pytest.approx(best_output, abs=1e-4)
-    assert top.score == pytest.approx((description + best_input + best_output) / 3, abs=1e-4)
+    inputs = embed([e.input for e in task.examples])
+    if not task.is_classification:
+        best_input = np.mean([max(cell_vecs @ v) for v in inputs])
+        return description, best_input, np.mean([max(cell_vecs @ v) for v in embed([e.output for e in task.examples])])
+    label_sims = cell_vecs @ embed(task.labels).T
+    label_cell = int(np.argmax(label_sims.max(axis=1)))
+    others = np.delete(cell_vecs, label_cell, axis=0)
+    return description, np.mean([max(others @ v) for v in inputs]), label_sims.max()
+
+
+@pytest.mark.parametrize("task_file", ["rewrite_task.json", "sentiment_task.json"])
+def test_score_averages_description_input_and_output_similarities(store, task_file):
+    task = Task.load(TASKS / task_file)
+    for top in retrieve(store, task, 3):
+        description, best_input, best_output = _expected_scores(task, top, store)
+        assert top.description_score == pytest.approx(description, abs=1e-4)
+        assert top.input_score == pytest.approx(best_input, abs=1e-4)
+        assert top.output_score == pytest.approx(best_output, abs=1e-4)
+        assert top.score == pytest.approx((description + best_input + best_output) / 3, abs=1e-4)
+
+
+def test_a_classification_tasks_labels_score_alike(store, task):
+    """Every review holds one of the task's labels, so none is favoured for which label it holds."""
+    reviews = [r for r in retrieve(store, task, 10) if r.dataset == "imdb_small"]
+    assert {r.content["label"] for r in reviews} == {"positive", "negative"}
+    assert {round(r.output_score, 4) for r in reviews} == {1.0}
+    assert all(r.label == r.content["label"] for r in reviews)
+
+
+def test_a_row_carries_a_label_only_when_its_dataset_answers_in_the_tasks_labels(store):
+    review = {"text": "Great fun.", "label": "positive"}
+    assert carried_label(store, ["positive", "negative"], "imdb_small", "", review) == "positive"
+    assert carried_label(store, ["Positive.", "Negative"], "imdb_small", "", review) == "Positive."
+    # Other reviews say "negative", which this label set lacks: the column is not in the task's label space.
+    assert carried_label(store, ["positive", "neutral"], "imdb_small", "", review) is None
+    assert carried_label(store, ["positive", "negative"], "imdb_small", "", {"text": "Great fun."}) is None
+    news = {"headline": "Late goal wins it", "topic": "sports"}
+    assert carried_label(store, ["sports", "world", "business", "tech"], "news_topics", "", news) == "sports"
 
 
 def test_narrow_candidate_lists_widen_until_k_rows_are_found(store, task):

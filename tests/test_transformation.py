@@ -106,14 +106,32 @@ def test_token_budget_covers_the_longest_field_and_the_reasoning(sentiment):
     assert Transformer(sentiment, _Counting(), max_new_tokens=7).params([{"text": "x" * 2000}]).max_new_tokens == 7
 
 
-def _judge(task, answer, cot=False):
-    return Transformer(task, _Counting(), cot=cot).judge(answer)
+def _judge(task, answer, cot=False, source_label=None):
+    return Transformer(task, _Counting(), cot=cot).judge(answer, source_label)
 
 
 def test_labels_are_matched_to_the_label_set(sentiment):
     ok = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "Negative."}')
     assert (ok.status, ok.output) == ("ok", "negative")
     assert _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "neutral"}').status == "label_not_in_set"
+
+
+def test_a_source_label_overrides_the_rewriters(sentiment):
+    wrong = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "positive"}', source_label="negative")
+    assert (wrong.status, wrong.output, wrong.label_from_source, wrong.rewriter_answer) == ("ok", "negative", True, "positive")
+    outside = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "meh"}', source_label="negative")
+    assert (outside.status, outside.output, outside.rewriter_answer) == ("ok", "negative", "meh")
+    agreed = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "Negative"}', source_label="negative")
+    assert (agreed.output, agreed.label_from_source, agreed.rewriter_answer) == ("negative", True, "")
+    plain = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "positive"}')
+    assert (plain.output, plain.label_from_source) == ("positive", False)
+
+
+def test_reasoning_that_ends_in_another_label_than_the_sources_is_dropped(sentiment):
+    reasoning = json.dumps({"input": "Dull, with a plot full of holes.", "output": "It is lively. So the answer is positive."})
+    assert _judge(sentiment, reasoning, cot=True, source_label="negative").status == "disagrees_with_source"
+    kept = _judge(sentiment, reasoning, cot=True, source_label="positive")
+    assert (kept.status, kept.output, kept.label_from_source) == ("ok", "positive", True)
 
 
 def test_copied_demos_and_gold_rows_are_dropped(sentiment):

@@ -541,6 +541,7 @@ class Datastore:
     def __init__(self, rows: datasets.Dataset, texts: datasets.Dataset, sources: datasets.Dataset, meta: dict, path: Optional[Path] = None):
         self.rows, self.texts, self.sources, self.meta, self.path = rows, texts, sources, meta, path
         self._text_to_rows: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._column_values: dict[tuple[str, str, str], Optional[frozenset]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -659,6 +660,20 @@ class Datastore:
 
     def cells(self, row_ids: Sequence[int]) -> list[list[int]]:
         return self.rows.data.column("cell_ids").take(pa.array(np.asarray(row_ids, dtype=np.int64))).to_pylist()
+
+    def column_values(self, dataset: str, config: str, column: str, limit: int = 32) -> Optional[frozenset]:
+        """The distinct values of `column` over a dataset's rows as text, or None past `limit` (free text)."""
+        key = (dataset, config, column)
+        if key not in self._column_values:
+            table = self.rows.data.table
+            mask = pc.and_(pc.equal(table.column("dataset"), dataset), pc.equal(table.column("config"), config))
+            values: set = set()
+            for content in table.filter(mask).column("content").to_pylist():
+                values.add(_text(json.loads(content).get(column)))
+                if len(values) > limit:
+                    break
+            self._column_values[key] = frozenset(values) if len(values) <= limit else None
+        return self._column_values[key]
 
     def row(self, i: int) -> dict:
         """A row's provenance and original content."""

@@ -79,8 +79,9 @@ class ReBasePipeline:
         batches = range(0, len(retrieved), size)
         for b in tqdm(batches, desc="ReBase transform", disable=not self.progress):
             batch = retrieved[b : b + size]
+            labels = [r.label for r in batch] if self.cfg.source_labels else None
             done = self.journal.run(
-                f"transform:{b // size}", lambda: [asdict(o) for o in self.transformer.transform([r.content for r in batch])]
+                f"transform:{b // size}", lambda: [asdict(o) for o in self.transformer.transform([r.content for r in batch], labels)]
             )
             for source, outcome in zip(batch, (Outcome(**d) for d in done)):
                 key = normalize(outcome.input)
@@ -107,6 +108,7 @@ class ReBasePipeline:
             "source_row_id": source.row_id,
             "source_license": source.license,
             "retrieval_score": source.score,
+            "label_from_source": outcome.label_from_source,
         }
         if self.cfg.cot:
             row["completion_text"] = outcome.reasoning
