@@ -147,19 +147,25 @@ def references(task: Task) -> dict:
     return {"copy_input": 100 * statistics.fmean(rouge_l(g.input, g.output) for g in task.gold)}
 
 
-def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
-    from selfguide.recipes.sft import run
-
-    out = work / method / spec.stem
+def training_argv(spec: Path, out: Path, args) -> list[str]:
+    """The recipe's arguments for one finetuning run, the data aside: every benchmark trains alike."""
     # max_length: task121's zero-shot prompts are 319 tokens, ANLI's few-shot ones up to about 560.
-    argv = [
-        "--task", str(spec), "--synthesis_method", "selfguide" if method == "self_guide" else "rebase",
-        "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
-        "--synthesis_kwargs", json.dumps(extra), "--eval_baseline", "false",
+    return [
+        "--task", str(spec), "--eval_baseline", "false",
         "--output_dir", str(out), "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
         "--per_device_train_batch_size", "8", "--max_length", "1024", "--warmup_steps", "2",
         "--logging_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
         "--gradient_checkpointing", "false", "--seed", str(args.seed), "--train_prompt", args.train_prompt,
+    ]
+
+
+def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
+    from selfguide.recipes.sft import run
+
+    argv = training_argv(spec, work / method / spec.stem, args) + [
+        "--synthesis_method", "selfguide" if method == "self_guide" else "rebase",
+        "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
+        "--synthesis_kwargs", json.dumps(extra),
     ]
     result = run(argv)
     return next(s.value for s in result.scores if s.model == "finetuned")
