@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--train-prompt", default="zero-shot", choices=["zero-shot", "few-shot"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="gold_ceiling")
+    p.add_argument("--note", default="", help="a paragraph for the Markdown: how the records were made")
     p.add_argument("--work-dir", default=str(Path(__file__).resolve().parent / ".ni_v2_work" / "gold_ceiling"))
     args = p.parse_args()
     settings = [tuple(map(int, s.split(":"))) for s in args.settings]
@@ -117,7 +118,11 @@ def main() -> None:
                       *(f"{c['score']:.1f} ({c['top_predicted_share']:.0f}%)" for c in cells)])
     header = ["task", "majority label", *(f"{r} rows, {s} steps" for r, s in settings)]
     method_s = sum(records[(p.stem, r, s)]["seconds"] for p in paths for r, s in settings)
-    command = shlex.join(["python", "benchmarks/gold_ceiling.py", *sys.argv[1:]])
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note is printed below the table, not repeated in the command
+        at = argv.index("--note")
+        argv = argv[:at] + argv[at + 2 :]
+    command = shlex.join(["python", "benchmarks/gold_ceiling.py", *argv])
     md = (
         "# The finetuning ceiling: the embedded student trained on gold rows of the task itself\n\n"
         f"QLoRA at batch 8, lr {args.learning_rate:g}, the {args.train_prompt} prompt, as `ni_v2.py` trains; gold rows "
@@ -127,6 +132,7 @@ def main() -> None:
         + markdown_table(header, table)
         + f"\n\nCommand: `{command}`; time in training and scoring {method_s / 60:.1f} min (records kept in "
         f"`{records_file.name}`, so split or resumed calls add up).\n"
+        + (f"\n{args.note}\n" if args.note else "")
     )
     write_results(args.name, {"settings": vars(args), "command": command, "results": list(records.values()),
                               "wall_s": time.perf_counter() - start, "machine": machine()}, md)
