@@ -117,13 +117,11 @@ def test_labels_are_matched_to_the_label_set(sentiment):
 
 
 def test_a_source_label_overrides_the_rewriters(sentiment):
-    wrong = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "positive"}', source_label="negative")
-    assert (wrong.status, wrong.output, wrong.label_from_source, wrong.rewriter_answer) == ("ok", "negative", True, "positive")
-    outside = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "meh"}', source_label="negative")
-    assert (outside.status, outside.output, outside.rewriter_answer) == ("ok", "negative", "meh")
-    agreed = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "Negative"}', source_label="negative")
-    assert (agreed.output, agreed.label_from_source, agreed.rewriter_answer) == ("negative", True, "")
-    plain = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "positive"}')
+    answer = '{{"input": "Not my kind of film at all.", "output": "{}"}}'
+    for said in ("positive", "meh", "Negative"):  # another label, none at all, the same label
+        outcome = _judge(sentiment, answer.format(said), source_label="negative")
+        assert (outcome.status, outcome.output, outcome.label_from_source) == ("ok", "negative", True)
+    plain = _judge(sentiment, answer.format("positive"))
     assert (plain.output, plain.label_from_source) == ("positive", False)
 
 

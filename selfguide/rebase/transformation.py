@@ -194,9 +194,7 @@ class Outcome:
     output: str = ""
     reasoning: str = ""
     raw: str = ""
-    # Set when the row kept its source's label: what the rewriter answered instead ("" if it agreed).
-    label_from_source: bool = False
-    rewriter_answer: str = ""
+    label_from_source: bool = False  # the label is the source row's, not the rewriter's
 
 
 class Transformer:
@@ -255,22 +253,21 @@ class Transformer:
             answer = final_answer(text_out)
             if answer is None:
                 return Outcome("no_final_answer", parsed.repaired, text_in, text_out, raw=raw)
-        kept = {}
+        from_source = False
         if self.task.is_classification:
             label = match_label(answer, self.task.labels)
             if source_label is not None:
                 if label != source_label and self.cot:
                     return Outcome("disagrees_with_source", parsed.repaired, text_in, answer, reasoning, raw)
-                kept = {"label_from_source": True, "rewriter_answer": "" if label == source_label else answer}
-                label = source_label
+                label, from_source = source_label, True
             if label is None:
                 return Outcome("label_not_in_set", parsed.repaired, text_in, answer, reasoning, raw)
             answer = label
         if normalize(text_in) in self._demo_inputs:
-            return Outcome("copied_demo", parsed.repaired, text_in, answer, reasoning, raw, **kept)
+            return Outcome("copied_demo", parsed.repaired, text_in, answer, reasoning, raw, from_source)
         if self.guard and self.guard.overlaps(text_in):
-            return Outcome("gold_overlap", parsed.repaired, text_in, answer, reasoning, raw, **kept)
-        return Outcome("ok", parsed.repaired, text_in, answer, reasoning, raw, **kept)
+            return Outcome("gold_overlap", parsed.repaired, text_in, answer, reasoning, raw, from_source)
+        return Outcome("ok", parsed.repaired, text_in, answer, reasoning, raw, from_source)
 
 
 def record(outcomes: Sequence[Outcome], report: FilterReport) -> None:
