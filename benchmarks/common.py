@@ -35,6 +35,17 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def read_records(path: Path) -> list[dict]:
+    """The finished units a resumable benchmark appended to `path`, one JSON line each."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Add one finished unit: a stopped run keeps it, and a later call skips it."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import ni_v2
-from common import SHARED_DATA, machine, markdown_table, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 from selfguide import Task
 from selfguide.evaluation import load_for_evaluation, score_model
@@ -96,8 +96,7 @@ def main() -> None:
     records_file = work / f"{args.name}.partial.jsonl"
 
     def done() -> dict:
-        lines = records_file.read_text().splitlines() if records_file.exists() else []
-        return {(r["task"], r["rows"], r["steps"]): r for r in map(json.loads, lines)}
+        return {(r["task"], r["rows"], r["steps"]): r for r in read_records(records_file)}
 
     start = time.perf_counter()
     paths = [next((SHARED_DATA / "ni" / "tasks").glob(f"{n}_*.json")) for n in args.tasks]
@@ -106,8 +105,7 @@ def main() -> None:
             if (path.stem, rows, steps) in done():
                 continue
             record = train_and_score(path, rows, steps, args, work)
-            with records_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(records_file, record)
             print(json.dumps(record), flush=True)
 
     records = done()

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import SHARED_DATA, machine, markdown_table, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 import selfguide  # noqa: F401  (registers the builders)
 from selfguide import Task
@@ -317,7 +317,7 @@ def result_settings(args) -> dict:
 def partial_records(args) -> list[dict]:
     """The run's finished records made with these settings; others stay in the file, unused."""
     progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
-    records = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    records = read_records(progress)
     mine = [r for r in records if r.get("settings") == result_settings(args)]
     if len(mine) < len(records):
         print(f"{progress}: {len(records) - len(mine)} record(s) made with other settings are left out; "
@@ -354,8 +354,7 @@ def run_all(args) -> tuple[list[dict], float]:
             if failure:
                 record["no_rows"] = failure
             print(json.dumps(record), flush=True)
-            with progress.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(progress, record)
             done.append(record)
     return done, time.perf_counter() - start
 

@@ -128,11 +128,11 @@ def rebase_scores(
     instruction_vec: np.ndarray,
     input_vecs: np.ndarray,
     output_vecs: np.ndarray,
-    labels: bool = False,
+    label_outputs: bool = False,
 ):
     """The three ReBase similarities of each row in `rows`, computed exactly from the stored vectors.
 
-    With `labels` the output queries are a task's labels: the output term is the best of them, and
+    With `label_outputs` the output queries are a task's labels: the output term is the best of them, and
     the row's cell that matches them best (its label) takes no part in the input term.
     """
     source_sim = store.source_embeddings() @ instruction_vec
@@ -144,7 +144,7 @@ def rebase_scores(
     starts = np.cumsum([0] + [len(c) for c in cells[:-1]])
     per_cell_input = (vectors @ input_vecs.T)[inverse]
     per_cell_output = (vectors @ output_vecs.T)[inverse]
-    if labels:
+    if label_outputs:
         # A label word sits closer to a demo input than a long unrelated passage does, so left in
         # the input term it favours the rows of whichever label's name is most "input-like".
         label_match = per_cell_output.max(axis=1)
@@ -154,7 +154,7 @@ def rebase_scores(
     # Best cell of each row per query, then the mean over queries (or the best query, for labels).
     input_best = np.maximum.reduceat(per_cell_input, starts, axis=0).mean(axis=1)
     output_per_query = np.maximum.reduceat(per_cell_output, starts, axis=0)
-    output_best = output_per_query.max(axis=1) if labels else output_per_query.mean(axis=1)
+    output_best = output_per_query.max(axis=1) if label_outputs else output_per_query.mean(axis=1)
     return description, input_best, output_best
 
 
