@@ -31,7 +31,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from selfguide.builders.base import NoRowsError
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from_log_history
-from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table, gold_rows
+from selfguide.evaluation import FEW_SHOT, PREDICTIONS_FILE, ZERO_SHOT, TaskScore, format_table, gold_rows, write_predictions
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
 from selfguide.prompts import row_fewshot_prompt
@@ -486,8 +486,15 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
     metrics = run.task_callback.evaluate(trainer.model, trainer.processing_class, trainer.state) if run.task_callback else {}
 
     output_dir = Path(training_args.output_dir)
+    scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows, data_args.train_prompt)
+    final = run.task_callback.last_score if run.task_callback else None
+    if final is not None:
+        # The log history keeps the final score; the callback's copy also keeps the answers behind it.
+        scores = [final if s.model == "finetuned" else s for s in scores]
     pushed: dict[str, str] = {}
     if trainer.is_world_process_zero():
+        if final is not None:
+            write_predictions(output_dir / PREDICTIONS_FILE, run.task_callback.rows, final)
         if not data_args.dataset_name:
             save_dataset_for_hub(run.dataset, output_dir / "dataset", run.task, info.data, license=info.license)
         repo_id = training_args.hub_model_id or output_dir.name
@@ -498,7 +505,6 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
         run.card_callback.write(output_dir, training_args, trainer.state)
         if run.push:
             pushed["model"] = push_adapter(output_dir, repo_id).commit_url
-    scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows, data_args.train_prompt)
     trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores)}")
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.

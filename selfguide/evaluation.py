@@ -7,6 +7,7 @@ strings and scored with the task's metric, so the numbers compare.
 
 from __future__ import annotations
 
+import json
 import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -135,6 +136,18 @@ def score_baseline(model, tokenizer, task: Task, rows=None, **kwargs) -> list[Ta
     """The base model with the few-shot prompt (the prompting baseline) and with the zero-shot training prompt."""
     with base_weights(model):
         return [score_model(model, tokenizer, task, rows, prompt=p, model_label="base", **kwargs) for p in (FEW_SHOT, ZERO_SHOT)]
+
+
+PREDICTIONS_FILE = "eval_predictions.jsonl"
+
+
+def write_predictions(path: Path, rows: Sequence[Example], score: TaskScore) -> None:
+    """One JSON line per scored row, in order: its input, the gold output and what the model answered."""
+    if len(rows) != len(score.predictions):
+        raise ValueError(f"rows: {len(rows)} rows for {len(score.predictions)} predictions. Fix: pass the rows the score was made on")
+    with Path(path).open("w") as f:
+        for row, prediction in zip(rows, score.predictions):
+            f.write(json.dumps({"input": row.input, "reference": row.output, "prediction": prediction}) + "\n")
 
 
 def format_table(scores: Sequence[TaskScore]) -> str:

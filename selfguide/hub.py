@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Trainer state, optimizer checkpoints and the pickled arguments stay local: the adapter, its card and
 # the tokenizer are what a user of the repo needs.
-TRAINING_LEFTOVERS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_args.bin", "dataset/**", "*.lock"]
+# eval_predictions.jsonl holds the task's gold evaluation rows: published beside the adapter, they would
+# leak a test set into the next crawl.
+TRAINING_LEFTOVERS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_args.bin", "dataset/**", "*.lock", "eval_predictions.jsonl"]
 _NO_RETRY_STATUS = {400, 401, 403, 404, 409, 422}
 
 

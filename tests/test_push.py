@@ -126,6 +126,8 @@ def test_recipe_pushes_adapter_and_card_and_never_writes_the_token(recipe_inputs
         pushed = hub.repos[("model", "tester/tiny-sft")]
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(pushed)
     assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in pushed)
+    # The evaluation's answers stay local: they carry the task's gold rows.
+    assert (out / "eval_predictions.jsonl").is_file() and "eval_predictions.jsonl" not in pushed
     for name, content in pushed.items():
         assert content == (out / name).read_bytes(), name
     assert "model-index:" in pushed["README.md"].decode()

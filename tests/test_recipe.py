@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from selfguide import Task
+from selfguide.metrics import extract_label
 from selfguide.quantization import MissingBitsandbytesError
 from selfguide.recipes.sft import RecipeError, build, parse_args, run
 from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
@@ -142,6 +143,13 @@ def test_full_finetuning_learns_what_the_evaluation_scores(task, task_file, tiny
                     learning_rate=5e-3, per_device_train_batch_size=8, eval_baseline="false")
     )
     assert [s.value for s in result.scores] == [100.0]
+    # The answers behind the score: in the result, and one line per gold row in the output folder.
+    answers = [extract_label(p, task.labels) for p in result.scores[0].predictions]
+    assert answers == [g.output for g in task.gold]
+    written = [json.loads(line) for line in (tmp_path / "out" / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [(w["input"], w["reference"], w["prediction"]) for w in written] == [
+        (g.input, g.output, p) for g, p in zip(task.gold, result.scores[0].predictions)
+    ]
     assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
     assert "library_name: transformers" in (tmp_path / "out" / "README.md").read_text()
 
