@@ -26,10 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import ni_v2
-from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, top_answer_share, write_results
 
 from selfguide import Task
-from selfguide.evaluation import load_for_evaluation, score_model
 from selfguide.prompts import format_completion, training_prompt
 
 
@@ -63,18 +62,23 @@ def train_and_score(path: Path, rows: int, steps: int, args, work: Path) -> dict
     start = time.perf_counter()
     adapter = work / "adapters" / f"{task.name}-{rows}-{steps}"
     result = run(ni_v2.training_argv(spec, adapter, run_args) + ["--dataset_name", str(data)])
-    # The recipe logs scores, not answers: the adapter is scored again, on the 4-bit base it was trained on.
-    model, tokenizer = load_for_evaluation(adapter=str(adapter), load_in_4bit=True)
-    score = score_model(model, tokenizer, task, prompt=args.train_prompt)
+    score = next(s for s in result.scores if s.model == "finetuned")
     return {
-        "task": task.name, "rows": rows, "steps": steps, "score": score.value,
-        "recipe_score": next(s.value for s in result.scores if s.model == "finetuned"),
+        "task": task.name, "rows": rows, "steps": steps, "settings": record_settings(args), "score": score.value,
         "majority": ni_v2.references(task)["majority_label"],
         "train_labels": dict(Counter(r["output"] for r in train)),
         "predicted": dict(Counter(score.predictions)),
-        "top_predicted_share": 100 * Counter(score.predictions).most_common(1)[0][1] / len(score.predictions),
+        "top_predicted_share": top_answer_share(score.predictions, task.labels),
         "seconds": time.perf_counter() - start,
     }
+
+
+# What a record's score depends on besides (task, rows, steps); a record made with other values is not reused.
+RECORD_SETTINGS = ("split", "eval_rows", "learning_rate", "train_prompt", "seed")
+
+
+def record_settings(args) -> dict:
+    return {k: getattr(args, k) for k in RECORD_SETTINGS}
 
 
 def main() -> None:
@@ -96,7 +100,8 @@ def main() -> None:
     records_file = work / f"{args.name}.partial.jsonl"
 
     def done() -> dict:
-        return {(r["task"], r["rows"], r["steps"]): r for r in read_records(records_file)}
+        mine = record_settings(args)
+        return {(r["task"], r["rows"], r["steps"]): r for r in read_records(records_file) if r["settings"] == mine}
 
     start = time.perf_counter()
     paths = [next((SHARED_DATA / "ni" / "tasks").glob(f"{n}_*.json")) for n in args.tasks]

@@ -7,8 +7,9 @@ For every task it scores, on a seeded sample of the paper's own split (the same 
   in_context  the same synthetic rows used as extra demonstrations instead of finetuning
   rebase      load_dataset("rebase", ...) on the shared datastore pool, finetuned the same way
 and beside them the no-model references on the same rows: the majority label (classification) and
-the input copied as the answer (generation). Each finished (task, method) is appended to a JSONL
-file, so a stopped run continues where it stopped.
+the input copied as the answer (generation), and, for classification, each model's share of the rows
+given its most frequent answer (a model that answers one label everywhere scores like the reference).
+Each finished (task, method) is appended to a JSONL file, so a stopped run continues where it stopped.
 
     python benchmarks/ni_v2.py                 # the 11 tasks of ../shared/data/ni/tasks, default settings
     python benchmarks/ni_v2.py --quick         # two tasks, small settings
@@ -31,7 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, top_answer_share, write_results
 
 import selfguide  # noqa: F401  (registers the builders)
 from selfguide import Task
@@ -159,7 +160,7 @@ def training_argv(spec: Path, out: Path, args) -> list[str]:
     ]
 
 
-def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
+def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> tuple[float, list[str]]:
     from selfguide.recipes.sft import run
 
     argv = training_argv(spec, work / method / spec.stem, args) + [
@@ -167,11 +168,11 @@ def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> float:
         "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
         "--synthesis_kwargs", json.dumps(extra),
     ]
-    result = run(argv)
-    return next(s.value for s in result.scores if s.model == "finetuned")
+    score = next(s for s in run(argv).scores if s.model == "finetuned")
+    return score.value, score.predictions
 
 
-def in_context(task: Task, spec: Path, args, model, tokenizer) -> float:
+def in_context(task: Task, spec: Path, args, model, tokenizer) -> tuple[float, list[str]]:
     from datasets import load_dataset
 
     from selfguide.student import resolve_student
@@ -189,7 +190,7 @@ def in_context(task: Task, spec: Path, args, model, tokenizer) -> float:
         prompts.append(format_prompt(task, g.input, shots))
     budget = 16 if task.is_classification else 96
     predictions = generate(model, tokenizer, prompts, budget)
-    return task_score(task.type, predictions, [g.output for g in task.gold], task.labels)
+    return task_score(task.type, predictions, [g.output for g in task.gold], task.labels), predictions
 
 
 def datastore_path(args, work: Path) -> str:
@@ -201,9 +202,11 @@ def datastore_path(args, work: Path) -> str:
     return str(target)
 
 
-def run_method(method, task, spec, args, work, base) -> float:
+def run_method(method, task, spec, args, work, base) -> tuple[float, list[str]]:
+    """The method's score on the task's scored rows, and its answers to them."""
     if method == "baseline":
-        return score_model(*base, task, prompt=FEW_SHOT, model_label="base", seed=args.seed).value
+        score = score_model(*base, task, prompt=FEW_SHOT, model_label="base", seed=args.seed)
+        return score.value, score.predictions
     if method == "in_context":
         return in_context(task, spec, args, *base)
     if method == "self_guide":
@@ -214,8 +217,11 @@ def run_method(method, task, spec, args, work, base) -> float:
 def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
     by_task: dict[str, dict] = {}
     no_rows = set()
+    shares = {}
     for r in sorted(results, key=lambda r: r["task"]):
         t = by_task.setdefault(r["task"], {"type": r["type"], "metric": r["metric"], **r["references"]})
+        if "answer_share" in r:
+            shares[(r["task"], r["method"])] = r["answer_share"]
         if r["score"] is None:
             no_rows.add((r["task"], r["method"]))
         else:
@@ -247,6 +253,8 @@ def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
             cells.append("-" if not have else f"{statistics.fmean(have):.1f}" + ("" if len(have) == len(tasks) else f" ({len(have)} of {len(tasks)})"))
         means.append([f"**mean {kind}** ({len(tasks)})", kind, metric_name(kind), f"{statistics.fmean(t[ref_key] for t in tasks):.1f}",
                       *cells, f"{statistics.fmean(gains[kind]):+.1f}" if gains[kind] else "-"])
+    share_rows = [[name, *(f"{shares[(name, m)]:.0f}" if (name, m) in shares else "-" for m in args.methods)]
+                  for name, t in by_task.items() if t["type"] == "classification"]
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("tasks_dir", "work_dir", "note", "report_only", "shard", "queue", "command")}
     defaults = vars(parse_args(["--quick"] if args.quick else []))
@@ -263,6 +271,9 @@ def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
         "",
         markdown_table(header, rows + means),
         "",
+        *(["Share (%) of the scored rows given each model's most frequent answer (100: one answer for every input, "
+           "which scores that label's share of the rows, as the majority-label reference does):", "",
+           markdown_table(["task", *args.methods], share_rows), ""] if shares else []),
         f"Command: `{args.command}`. Wall time of the last call that ran "
         f"methods: {wall_s / 60:.1f} min ({args.jobs} worker process(es)). Time spent in the methods: "
         f"{sum(r['seconds'] for r in results) / 60:.1f} min in all (per record in the JSON, summed over workers and "
@@ -344,13 +355,15 @@ def run_all(args) -> tuple[list[dict], float]:
                 base = load_for_evaluation(None)
             t0 = time.perf_counter()
             try:
-                score, failure = run_method(method, task, spec, args, work, base), None
+                (score, predictions), failure = run_method(method, task, spec, args, work, base), None
             except NoRowsError as e:
                 # A method that leaves no row to train on is a result, not a crash: recorded, and the other tasks still run.
-                score, failure = None, str(e)
+                (score, predictions), failure = (None, None), str(e)
             record = {"task": task.name, "type": task.type, "metric": metric_name(task.type), "method": method,
                       "score": score, "references": references(task), "seconds": time.perf_counter() - t0,
                       "settings": result_settings(args)}
+            if predictions and task.is_classification:
+                record["answer_share"] = top_answer_share(predictions, task.labels)
             if failure:
                 record["no_rows"] = failure
             print(json.dumps(record), flush=True)
