@@ -326,13 +326,14 @@ def result_settings(args) -> dict:
 
 
 def partial_records(args) -> list[dict]:
-    """The run's finished records made with these settings; others stay in the file, unused."""
+    """The run's finished records of these tasks and methods, made with these settings; others stay in the file, unused."""
     progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
     records = read_records(progress)
-    mine = [r for r in records if r.get("settings") == result_settings(args)]
+    tasks = {path.stem for path in task_files(args)}
+    mine = [r for r in records if r.get("settings") == result_settings(args) and r["task"] in tasks and r["method"] in args.methods]
     if len(mine) < len(records):
-        print(f"{progress}: {len(records) - len(mine)} record(s) made with other settings are left out; "
-              "pass --name to keep each setting's run apart", flush=True)
+        print(f"{progress}: {len(records) - len(mine)} record(s) made with other settings, or of tasks or methods not "
+              "asked for, are left out; pass --name to keep each run apart", flush=True)
     return mine
 
 
