@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: where results go, how they are written, and what a model's answers show."""
+"""Helpers shared by the benchmarks: where results go and how they are written."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import json
 import os
 import platform
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
-from selfguide.metrics import extract_label, normalize
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,12 +51,3 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
-
-def top_answer_share(predictions: Sequence[str], labels: Sequence[str]) -> float:
-    """Percent of the rows given the most frequent answer, read as exact match reads it (100: one answer for all).
-
-    A classifier that gives every input one label scores that label's share of the rows, so its score can
-    look like learning; this number tells the two apart.
-    """
-    answers = [extract_label(p, labels) or normalize(p) for p in predictions]
-    return 100 * Counter(answers).most_common(1)[0][1] / len(answers)

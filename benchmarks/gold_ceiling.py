@@ -26,9 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 import ni_v2
-from common import SHARED_DATA, append_record, machine, markdown_table, read_records, top_answer_share, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 from selfguide import Task
+from selfguide.metrics import most_frequent_answer
 from selfguide.prompts import format_completion, training_prompt
 
 
@@ -68,7 +69,7 @@ def train_and_score(path: Path, rows: int, steps: int, args, work: Path) -> dict
         "majority": ni_v2.references(task)["majority_label"],
         "train_labels": dict(Counter(r["output"] for r in train)),
         "predicted": dict(Counter(score.predictions)),
-        "top_predicted_share": top_answer_share(score.predictions, task.labels),
+        "top_predicted_share": most_frequent_answer(score.predictions, task.labels)[1],
         "seconds": time.perf_counter() - start,
     }
 

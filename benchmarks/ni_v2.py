@@ -32,13 +32,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import SHARED_DATA, append_record, machine, markdown_table, read_records, top_answer_share, write_results
+from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 import selfguide  # noqa: F401  (registers the builders)
 from selfguide import Task
 from selfguide.builders.base import NoRowsError
 from selfguide.evaluation import FEW_SHOT, generate, load_for_evaluation, score_model
-from selfguide.metrics import metric_name, rouge_l, task_score
+from selfguide.metrics import metric_name, most_frequent_answer, rouge_l, task_score
 from selfguide.prompts import format_prompt
 
 METHODS = ("baseline", "self_guide", "in_context", "rebase")
@@ -364,7 +364,7 @@ def run_all(args) -> tuple[list[dict], float]:
                       "score": score, "references": references(task), "seconds": time.perf_counter() - t0,
                       "settings": result_settings(args)}
             if predictions and task.is_classification:
-                record["answer_share"] = top_answer_share(predictions, task.labels)
+                record["answer_share"] = most_frequent_answer(predictions, task.labels)[1]
             if failure:
                 record["no_rows"] = failure
             print(json.dumps(record), flush=True)

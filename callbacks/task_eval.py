@@ -55,6 +55,7 @@ class TaskEvalCallback(TrainerCallback):
         self.baseline = baseline
         self.prompt = prompt  # the finetuned model's: the one it is trained with
         self.score_kwargs = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+        self.base_scores: list[TaskScore] = []  # this process's baseline, with its answers (none when resumed)
         self.last_score: Optional[TaskScore] = None
 
     @property
@@ -68,6 +69,7 @@ class TaskEvalCallback(TrainerCallback):
             return
         with trainable_4bit_layout(model):
             scores = score_baseline(model, processing_class, self.task, self.rows, **self.score_kwargs)
+        self.base_scores = scores
         entry = {baseline_key(s.prompt, s.metric): s.value for s in scores}
         logger.info("task baseline: %s", entry)
         state.log_history.append({**entry, "step": state.global_step})

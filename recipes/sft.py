@@ -489,8 +489,9 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
     scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows, data_args.train_prompt)
     final = run.task_callback.last_score if run.task_callback else None
     if final is not None:
-        # The log history keeps the final score; the callback's copy also keeps the answers behind it.
-        scores = [final if s.model == "finetuned" else s for s in scores]
+        # The log history keeps the values; the callback's own scores also keep the answers behind them.
+        answered = {(s.model, s.prompt): s for s in [*run.task_callback.base_scores, final]}
+        scores = [answered.get((s.model, s.prompt), s) for s in scores]
     pushed: dict[str, str] = {}
     if trainer.is_world_process_zero():
         if final is not None:
@@ -505,7 +506,7 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
         run.card_callback.write(output_dir, training_args, trainer.state)
         if run.push:
             pushed["model"] = push_adapter(output_dir, repo_id).commit_url
-    trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores)}")
+    trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores, run.task.labels)}")
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.
     trainer.model_wrapped = trainer.model

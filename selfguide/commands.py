@@ -39,7 +39,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="load the base in 4-bit nf4 (default: as the adapter was trained, 4-bit when its model card says QLoRA)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", dest="json_path", default=None, help="also write the scores to this JSON file")
+    p.add_argument("--json", dest="json_path", default=None, help="also write the scores, with each model's answers, to this JSON file")
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -54,6 +54,7 @@ def run_evaluate(args) -> int:
 
     from .evaluation import adapter_trained_in_4bit, evaluate_task, format_table
     from .quantization import MissingBitsandbytesError
+    from .task import Task
 
     try:
         scores = evaluate_task(
@@ -62,12 +63,13 @@ def run_evaluate(args) -> int:
         )
     except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)
-    print(format_table(scores))
+    print(format_table(scores, Task.load(args.task).labels))  # the spec loaded without error just above
     if args.load_in_4bit is None and args.adapter and adapter_trained_in_4bit(args.adapter):
         print("The base was loaded in 4-bit nf4, as the adapter's model card says QLoRA trained it "
               "(--no-load-in-4bit scores it in full precision).")
     if args.json_path:
-        rows = [{"model": s.model, "prompt": s.prompt, "metric": s.metric, "value": s.value, "rows": s.num_rows} for s in scores]
+        rows = [{"model": s.model, "prompt": s.prompt, "metric": s.metric, "value": s.value, "rows": s.num_rows,
+                 "predictions": s.predictions} for s in scores]
         Path(args.json_path).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 

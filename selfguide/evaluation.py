@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .engines import SamplingParams, TransformersEngine
-from .metrics import metric_name, task_score
+from .metrics import metric_name, most_frequent_answer, task_score
 from .prompts import OUTPUT_STOP, fewshot_prompt, format_completion, training_prompt
 from .task import Example, Task
 
@@ -150,13 +150,25 @@ def write_predictions(path: Path, rows: Sequence[Example], score: TaskScore) -> 
             f.write(json.dumps({"input": row.input, "reference": row.output, "prediction": prediction}) + "\n")
 
 
-def format_table(scores: Sequence[TaskScore]) -> str:
-    """Markdown table: one row per (model, prompt), the metric on a 0-100 scale."""
+def format_table(scores: Sequence[TaskScore], labels: Optional[Sequence[str]] = None) -> str:
+    """Markdown table: one row per (model, prompt), the metric on a 0-100 scale.
+
+    With a classification task's `labels`, a column gives each model's most frequent answer and its share
+    of the rows, for the scores that carry their predictions.
+    """
     if not scores:
         return "(no evaluation)"
     metric = scores[0].metric
-    lines = [f"| model | prompt | {metric} | rows |", "|---|---|---:|---:|"]
-    lines += [f"| {s.model} | {s.prompt} | {s.value:.1f} | {s.num_rows} |" for s in scores]
+
+    def top(s: TaskScore) -> str:
+        if not s.predictions:
+            return "-"
+        answer, share = most_frequent_answer(s.predictions, labels)
+        return f"{answer} ({share:.0f}%)"
+
+    lines = [f"| model | prompt | {metric} | rows |" + (" most frequent answer |" if labels else ""),
+             "|---|---|---:|---:|" + ("---|" if labels else "")]
+    lines += [f"| {s.model} | {s.prompt} | {s.value:.1f} | {s.num_rows} |" + (f" {top(s)} |" if labels else "") for s in scores]
     return "\n".join(lines)
 
 

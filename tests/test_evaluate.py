@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selfguide import Task
 from selfguide.commands import add_evaluate_parser, demo_task_path
 from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model
-from selfguide.metrics import task_score
+from selfguide.metrics import most_frequent_answer, task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
 
 
@@ -129,6 +129,9 @@ def test_evaluate_command_scores_baseline_and_adapter(task, tiny_model_dir, sent
     direct = score_model(finetuned, tokenizer, task)
     base_direct = score_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, task)
     assert rows[2]["value"] == direct.value and rows[1]["value"] == base_direct.value
+    assert rows[2]["predictions"] == direct.predictions and rows[1]["predictions"] == base_direct.predictions
+    answer, share = most_frequent_answer(direct.predictions, task.labels)
+    assert f"| finetuned | {ZERO_SHOT} | {direct.value:.1f} | 4 | {answer} ({share:.0f}%) |" in table
 
 
 def test_evaluate_command_rejects_a_task_without_gold_rows(rewrite_task_dict, tmp_path, capsys):

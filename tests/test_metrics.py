@@ -1,4 +1,6 @@
-from selfguide.metrics import exact_match, extract_label, rouge_l, task_score
+import pytest
+
+from selfguide.metrics import exact_match, extract_label, most_frequent_answer, rouge_l, task_score
 
 
 def test_extract_label_takes_the_last_label_and_prefers_longer():
@@ -20,3 +22,12 @@ def test_rouge_l():
 
 def test_task_score_scale():
     assert task_score("classification", ["yes", "no"], ["yes", "yes"], ["yes", "no"]) == 50.0
+
+
+def test_most_frequent_answer_reads_answers_as_exact_match_does():
+    labels = ["positive", "negative"]
+    answers = ["Positive.", "I think it is positive", "negative", "No idea!"]
+    assert most_frequent_answer(answers, labels) == ("positive", 50.0)
+    assert most_frequent_answer(["No idea!", "no idea", "negative"], labels) == ("no idea", 100 * 2 / 3)
+    with pytest.raises(ValueError, match="predictions"):
+        most_frequent_answer([], labels)

@@ -83,6 +83,8 @@ def test_qlora_run_saves_adapter_cards_and_best_checkpoint(task_file, dataset_di
     assert [s.label for s in result.scores] == ["base model, few-shot prompt", "base model, zero-shot prompt", "finetuned model, zero-shot prompt"]
     assert f"| finetuned | zero-shot | {result.scores[-1].value:.1f} | 4 |" in card
     assert result.metrics == {"eval_exact_match": result.scores[-1].value}
+    # Each score, the baselines' too, keeps the answers it was made from.
+    assert [len(s.predictions) for s in result.scores] == [4, 4, 4]
 
 
 def test_loss_is_on_the_completion_only(task_file, dataset_dir, tiny_model_dir, tmp_path):
