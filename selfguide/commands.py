@@ -57,13 +57,14 @@ def run_evaluate(args) -> int:
     from .task import Task
 
     try:
+        task = Task.load(args.task)
         scores = evaluate_task(
-            args.task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
+            task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
             adapter_prompt=args.adapter_prompt,
         )
     except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)
-    print(format_table(scores, Task.load(args.task).labels))  # the spec loaded without error just above
+    print(format_table(scores, task.labels))
     if args.load_in_4bit is None and args.adapter and adapter_trained_in_4bit(args.adapter):
         print("The base was loaded in 4-bit nf4, as the adapter's model card says QLoRA trained it "
               "(--no-load-in-4bit scores it in full precision).")
