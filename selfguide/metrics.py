@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -18,9 +18,14 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def match_label(answer: str, labels: Sequence[str]) -> Optional[str]:
-    """The label `answer` is, up to normalisation, or None: no search inside longer text."""
-    by_norm = {normalize(label): label for label in labels}
+def match_label(answer: str, labels: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None) -> Optional[str]:
+    """The label `answer` is, up to normalisation, or None: no search inside longer text.
+
+    `aliases` maps a label to other names for it ("E": ["entailment"]); an answer that is an alias
+    reads as its label.
+    """
+    by_norm = {normalize(alias): label for label, names in (aliases or {}).items() for alias in names}
+    by_norm.update({normalize(label): label for label in labels})
     return by_norm.get(normalize(answer))
 
 

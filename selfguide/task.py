@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from .metrics import match_label, normalize
+
 TaskType = Literal["classification", "generation"]
 TASK_TYPES = ("classification", "generation")
 
@@ -35,6 +37,9 @@ class Task:
 
     `examples` are the demonstrations shown to synthesis and prompting; `gold` rows (NI `Instances`,
     or a spec's `test` list) are held out for evaluation and never reach a synthesis prompt.
+    `label_aliases` gives other names of a label (`{"E": ["entailment"]}`): a label written as a
+    letter or digit says nothing to a retriever or a rewriter, while existing datasets write the word.
+    Answers are still scored against the labels themselves.
     """
 
     name: str
@@ -44,6 +49,7 @@ class Task:
     labels: Optional[list[str]] = None
     gold: list[Example] = field(default_factory=list)
     source: Optional[str] = None
+    label_aliases: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.validate()
@@ -81,12 +87,34 @@ class Task:
                     )
         elif self.labels:
             raise TaskSpecError("labels", "is set for a generation task", "drop 'labels' or set type: classification", src)
+        self._validate_aliases()
+
+    def _validate_aliases(self) -> None:
+        src = self.source
+        if not self.label_aliases:
+            return
+        if not self.is_classification:
+            raise TaskSpecError("label_aliases", "is set for a generation task", "drop 'label_aliases' or set type: classification", src)
+        owner = {normalize(label): label for label in self.labels}
+        for label, names in self.label_aliases.items():
+            if label not in self.labels:
+                raise TaskSpecError(f"label_aliases.{label}", f"names no label of {self.labels}", "key each alias list by one of the labels", src)
+            for name in names:
+                taken = owner.setdefault(normalize(name), label)
+                if taken != label:
+                    raise TaskSpecError(
+                        f"label_aliases.{label}", f"alias {name!r} already names {taken!r}", "give each alias to one label only", src
+                    )
+
+    def label_of(self, answer: str) -> Optional[str]:
+        """The label `answer` is, by name or alias, up to normalisation; None for any other text."""
+        return match_label(answer, self.labels or [], self.label_aliases)
 
     def fingerprint(self) -> str:
         """Content hash: the cache key of everything derived from this task."""
-        payload = json.dumps(
-            {k: v for k, v in asdict(self).items() if k != "source"}, sort_keys=True, ensure_ascii=False
-        )
+        # Without aliases the payload is the one tasks had before the field existed, so caches keep.
+        fields = {k: v for k, v in asdict(self).items() if k != "source" and not (k == "label_aliases" and not v)}
+        payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +125,7 @@ class Task:
             "labels": self.labels,
             "examples": [asdict(e) for e in self.examples],
             "test": [asdict(e) for e in self.gold],
-        }
+        } | ({"label_aliases": self.label_aliases} if self.label_aliases else {})
 
     # -- constructors ------------------------------------------------------------------------
 
@@ -154,6 +182,7 @@ class Task:
         task_type = data.get("type") or infer_type(examples, gold, labels)
         if task_type == "classification" and not labels:
             labels = _label_set(examples, gold)
+        aliases = _label_aliases(data.get("label_aliases"), source)
         return cls(
             name=str(data.get("name") or name or "task"),
             instruction=(instruction or "").strip() if isinstance(instruction, str) else instruction,
@@ -162,6 +191,7 @@ class Task:
             labels=labels,
             gold=gold,
             source=source,
+            label_aliases=aliases,
         )
 
     @classmethod
@@ -194,6 +224,21 @@ def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]
             if key not in item or item[key] is None:
                 raise TaskSpecError(f"{field_name}[{i}].{key}", "is missing", f"add the '{key}' text", source)
         out.append(Example(str(item["input"]), str(item["output"])))
+    return out
+
+
+def _label_aliases(raw: Any, source: Optional[str]) -> dict[str, list[str]]:
+    """`{label: alias or [aliases]}` from a spec, each alias a non-empty string."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TaskSpecError("label_aliases", "is not a mapping", "write e.g. label_aliases: {E: [entailment]}", source)
+    out = {}
+    for label, names in raw.items():
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise TaskSpecError(f"label_aliases.{label}", "must be a non-empty string or list of them", f"write e.g. {label}: [entailment]", source)
+        out[str(label)] = names
     return out
 
 

@@ -17,6 +17,19 @@ _CORPUS = [
 ]
 
 
+def letter_labelled(spec: dict) -> dict:
+    """The sentiment spec with its labels written as letters and the words given as their aliases,
+    as NI's SNLI task writes E, C and N where datasets say entailment, contradiction and neutral."""
+    letter = {"positive": "P", "negative": "N"}
+    return dict(
+        spec,
+        labels=["P", "N"],
+        label_aliases={"P": "positive", "N": ["negative", "bad"]},
+        examples=[dict(e, output=letter[e["output"]]) for e in spec["examples"]],
+        test=[dict(e, output=letter[e["output"]]) for e in spec["test"]],
+    )
+
+
 def build_tiny_model(path: Path, vocab_size: int = 320) -> Path:
     """A randomly initialised 2-layer Llama with a byte-level BPE tokenizer trained here: no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -8,6 +8,7 @@ from selfguide.rebase import ContaminationGuard, retrieve
 from selfguide.rebase.datastore import embed
 from selfguide.rebase.retrieval import carried_label, is_excluded
 from tests.conftest import FIXTURES as TASKS
+from tests.conftest import letter_labelled
 from tests.rebase_support import fixture_store
 
 WOODEN = {"r02", "r10", "r11"}  # one review, copied once and reworded once
@@ -52,7 +53,7 @@ def _expected_scores(task, row, store):
     if not task.is_classification:
         best_input = np.mean([max(cell_vecs @ v) for v in inputs])
         return description, best_input, np.mean([max(cell_vecs @ v) for v in embed([e.output for e in task.examples])])
-    label_sims = cell_vecs @ embed(task.labels).T
+    label_sims = cell_vecs @ embed(task.labels + [a for names in task.label_aliases.values() for a in names]).T
     label_cell = int(np.argmax(label_sims.max(axis=1)))
     others = np.delete(cell_vecs, label_cell, axis=0)
     return description, np.mean([max(others @ v) for v in inputs]), label_sims.max()
@@ -86,6 +87,26 @@ def test_a_row_carries_a_label_only_when_its_dataset_answers_in_the_tasks_labels
     assert carried_label(store, ["positive", "negative"], "imdb_small", "", {"text": "Great fun."}) is None
     news = {"headline": "Late goal wins it", "topic": "sports"}
     assert carried_label(store, ["sports", "world", "business", "tech"], "news_topics", "", news) == "sports"
+
+
+@pytest.fixture(scope="module")
+def letter_task():
+    """The reviews' labels say the words; this task's labels are letters, with the words as aliases."""
+    return Task.load(letter_labelled(Task.load(TASKS / "sentiment_task.json").to_dict()))
+
+
+def test_a_row_carries_a_label_written_as_an_alias(store, letter_task):
+    review = {"text": "Great fun.", "label": "positive"}
+    assert carried_label(store, ["P", "N"], "imdb_small", "", review) is None
+    assert carried_label(store, ["P", "N"], "imdb_small", "", review, letter_task.label_aliases) == "P"
+
+
+def test_aliases_are_output_queries_of_a_letter_labelled_task(store, letter_task):
+    reviews = [r for r in retrieve(store, letter_task, 10) if r.dataset == "imdb_small"]
+    assert {(r.content["label"], r.label) for r in reviews} == {("positive", "P"), ("negative", "N")}
+    assert {round(r.output_score, 4) for r in reviews} == {1.0}  # the label cell is an alias, word for word
+    top = retrieve(store, letter_task, 3)[0]
+    assert top.output_score == pytest.approx(_expected_scores(letter_task, top, store)[2], abs=1e-4)
 
 
 def test_narrow_candidate_lists_widen_until_k_rows_are_found(store, task):

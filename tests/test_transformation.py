@@ -9,6 +9,7 @@ from selfguide.engines import OpenAIEngine, TransformersEngine
 from selfguide.rebase import Transformer, parse_answer
 from selfguide.rebase.transformation import ANSWER_PREFIX, final_answer, record, transformation_prompt
 from tests.conftest import FIXTURES as TASKS
+from tests.conftest import letter_labelled
 from tests.rebase_support import ScriptedServer, source_record
 
 GOOD = {"input": "A great movie", "output": "positive"}
@@ -114,6 +115,13 @@ def test_labels_are_matched_to_the_label_set(sentiment):
     ok = _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "Negative."}')
     assert (ok.status, ok.output) == ("ok", "negative")
     assert _judge(sentiment, '{"input": "Not my kind of film at all.", "output": "neutral"}').status == "label_not_in_set"
+
+
+def test_aliases_name_letter_labels_in_the_prompt_and_read_back_as_them(sentiment):
+    letter = Task.load(letter_labelled(sentiment.to_dict()))
+    assert "The answer must be one of: P (positive), N (negative, bad)." in transformation_prompt(letter, {"text": "x"})
+    outcome = _judge(letter, '{"input": "Not my kind of film at all.", "output": "Bad"}')
+    assert (outcome.status, outcome.output) == ("ok", "N")
 
 
 def test_a_source_label_overrides_the_rewriters(sentiment):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -105,19 +105,26 @@ def is_excluded(dataset: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
 
 
-def carried_label(store: Datastore, labels: Sequence[str], dataset: str, config: str, content: dict) -> Optional[str]:
-    """The task label a row already holds: a cell that is one of `labels`, in a column whose values
-    across the dataset are all labels too (the dataset answers in the task's label set; GLUE's "1",
-    meaning not-entailed, is no answer for a task whose "1" names the first choice). None when no
-    column qualifies or two disagree.
+def carried_label(
+    store: Datastore,
+    labels: Sequence[str],
+    dataset: str,
+    config: str,
+    content: dict,
+    aliases: Optional[Mapping[str, Sequence[str]]] = None,
+) -> Optional[str]:
+    """The task label a row already holds: a cell that is one of `labels` (or their `aliases`), in a
+    column whose values across the dataset are all labels too (the dataset answers in the task's label
+    set; GLUE's "1", meaning not-entailed, is no answer for a task whose "1" names the first choice).
+    None when no column qualifies or two disagree.
     """
     found = set()
     for column, value in content.items():
-        label = match_label(value, labels) if isinstance(value, str) else None
+        label = match_label(value, labels, aliases) if isinstance(value, str) else None
         if label is None:
             continue
         values = store.column_values(dataset, config, column)
-        if values is not None and all(match_label(v, labels) for v in values):
+        if values is not None and all(match_label(v, labels, aliases) for v in values):
             found.add(label)
     return found.pop() if len(found) == 1 else None
 
@@ -183,7 +190,11 @@ def retrieve(
     guard = ContaminationGuard.for_task(task)
     instruction_vec = embed([task.instruction], store.embedder)[0]
     input_vecs = embed([e.input for e in task.examples], store.embedder)
-    outputs = task.labels if task.is_classification else [e.output for e in task.examples]
+    if task.is_classification:
+        # A label's aliases are queries beside it: the output term takes the best of them.
+        outputs = task.labels + [a for names in task.label_aliases.values() for a in names]
+    else:
+        outputs = [e.output for e in task.examples]
     output_vecs = embed(outputs, store.embedder)
     queries = np.vstack([input_vecs, output_vecs])
     datasets_column = store.rows.data.column("dataset")
@@ -194,9 +205,7 @@ def retrieve(
         names = datasets_column.take(rows).to_pylist()
         excluded = np.array([is_excluded(n, patterns) for n in names], dtype=bool)
         usable = rows[~excluded]
-        selected, dropped = _select(
-            store, usable, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs, task.labels
-        )
+        selected, dropped = _select(store, usable, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs, task)
         if len(selected) >= k or width >= len(store.texts):
             break
         width *= 4
@@ -207,11 +216,13 @@ def retrieve(
     return selected
 
 
-def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs, labels):
+def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs, output_vecs, task):
     dropped = {"gold_overlap": 0, "duplicate": 0}
     if len(rows) == 0:
         return [], dropped
-    description, input_score, output_score = rebase_scores(store, rows, instruction_vec, input_vecs, output_vecs, bool(labels))
+    description, input_score, output_score = rebase_scores(
+        store, rows, instruction_vec, input_vecs, output_vecs, task.is_classification
+    )
     score = (description + input_score + output_score) / 3
     order = np.lexsort((rows, -score))  # best first; ties broken by row order, so runs repeat exactly
     cells = store.cells(rows)
@@ -233,8 +244,8 @@ def _select(store, rows, k, guard, dedupe_threshold, instruction_vec, input_vecs
         signatures.add(signature)
         kept[len(selected)] = longest
         row = store.row(int(rows[j]))
-        if labels:
-            row["label"] = carried_label(store, labels, row["dataset"], row["config"], row["content"])
+        if task.is_classification:
+            row["label"] = carried_label(store, task.labels, row["dataset"], row["config"], row["content"], task.label_aliases)
         selected.append(
             Retrieved(
                 index=int(rows[j]),

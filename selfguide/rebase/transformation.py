@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..engines import Engine, SamplingParams
-from ..metrics import match_label, normalize
+from ..metrics import normalize
 from ..report import FilterReport
 from ..task import Task
 from .retrieval import ContaminationGuard
@@ -55,7 +55,8 @@ def transformation_prompt(task: Task, content: dict, cot: bool = False) -> str:
     demos = "\n".join(_example(e.input, e.output) for e in task.examples)
     rules = ["Take the content from the record, and follow the format and style of the examples."]
     if task.is_classification:
-        rules.append(f"The answer must be one of: {', '.join(task.labels)}.")
+        named = [f"{label} ({', '.join(task.label_aliases[label])})" if label in task.label_aliases else label for label in task.labels]
+        rules.append(f"The answer must be one of: {', '.join(named)}.")
     if cot:
         rules.append('In "output", reason step by step, then end with "So the answer is <answer>."')
     # One worked rewrite, made from the first demo, shows the pattern (record in, example out) that
@@ -255,7 +256,7 @@ class Transformer:
                 return Outcome("no_final_answer", parsed.repaired, text_in, text_out, raw=raw)
         from_source = False
         if self.task.is_classification:
-            label = match_label(answer, self.task.labels)
+            label = self.task.label_of(answer)
             if source_label is not None:
                 if label != source_label and self.cot:
                     return Outcome("disagrees_with_source", parsed.repaired, text_in, answer, reasoning, raw)
