@@ -50,6 +50,9 @@ HERE = Path(__file__).resolve().parent
 QUICK_TASKS = ("task036_", "task937_")
 # Pool rows derived from the evaluation tasks' own sources (see the pool's SOURCE.md).
 CONTAMINATED = ("ni/task20*", "ni/task1554*")
+# Label meanings a NI task file states only in prose: task190's Definition asks for "the letters E, C, and N"
+# for entailment, contradiction and neutral, the words its source datasets use.
+NI_LABEL_ALIASES = {"task190_snli_classification": {"E": ["entailment"], "C": ["contradiction"], "N": ["neutral"]}}
 
 
 def parse_args(argv=None):
@@ -73,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
     p.add_argument("--datastore-rows", type=int, default=300, help="pool rows kept per source dataset")
+    p.add_argument("--label-aliases", default=json.dumps(NI_LABEL_ALIASES),
+                   help="JSON {task name: {label: [aliases]}} written into those tasks' specs; '{}' for none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="results file stem (default ni_v2, or ni_v2_quick)")
     p.add_argument("--work-dir", default=str(HERE / ".ni_v2_work"))
@@ -103,6 +108,10 @@ def parse_args(argv=None):
         p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
     if args.jobs < 1:
         p.error(f"--jobs: must be at least 1, got {args.jobs}")
+    try:
+        assert isinstance(json.loads(args.label_aliases), dict)
+    except (ValueError, AssertionError):
+        p.error(f"--label-aliases: expected a JSON object like {json.dumps(NI_LABEL_ALIASES)}, got {args.label_aliases!r}")
     return args
 
 
@@ -132,6 +141,8 @@ def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
     rows = split_rows(task, args.split)
     rows = random.Random(f"{args.seed}:{task.name}").sample(rows, min(args.eval_rows, len(rows)))
     spec = task.to_dict() | {"test": rows}
+    if task_aliases(args, task.name):
+        spec["label_aliases"] = task_aliases(args, task.name)
     if task.is_classification:
         spec["labels"] = sorted(set(task.labels) | {r["output"] for r in rows})
     spec_path = work / "tasks" / args.split / f"{task.name}.json"  # a tuning run beside a test run keeps its own rows
@@ -321,8 +332,14 @@ RESULT_SETTINGS = ("split", "eval_rows", "num_examples", "max_steps", "learning_
                    "synthesis_kwargs", "datastore_rows", "seed")
 
 
-def result_settings(args) -> dict:
-    return {k: getattr(args, k) for k in RESULT_SETTINGS}
+def task_aliases(args, task_name: str) -> dict:
+    return json.loads(args.label_aliases).get(task_name, {})
+
+
+def result_settings(args, task_name: str) -> dict:
+    """A task's aliases count only for its own records: adding them for one task reruns that task alone."""
+    aliases = task_aliases(args, task_name)
+    return {k: getattr(args, k) for k in RESULT_SETTINGS} | ({"label_aliases": aliases} if aliases else {})
 
 
 def partial_records(args) -> list[dict]:
@@ -330,7 +347,8 @@ def partial_records(args) -> list[dict]:
     progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
     records = read_records(progress)
     tasks = {path.stem for path in task_files(args)}
-    mine = [r for r in records if r.get("settings") == result_settings(args) and r["task"] in tasks and r["method"] in args.methods]
+    mine = [r for r in records
+            if r["task"] in tasks and r["method"] in args.methods and r.get("settings") == result_settings(args, r["task"])]
     if len(mine) < len(records):
         print(f"{progress}: {len(records) - len(mine)} record(s) made with other settings, or of tasks or methods not "
               "asked for, are left out; pass --name to keep each run apart", flush=True)
@@ -362,7 +380,7 @@ def run_all(args) -> tuple[list[dict], float]:
                 (score, predictions), failure = (None, None), str(e)
             record = {"task": task.name, "type": task.type, "metric": metric_name(task.type), "method": method,
                       "score": score, "references": references(task), "seconds": time.perf_counter() - t0,
-                      "settings": result_settings(args)}
+                      "settings": result_settings(args, task.name)}
             if predictions and task.is_classification:
                 record["answer_share"] = most_frequent_answer(predictions, task.labels)[1]
             if failure:
