@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..hub_cards import ModelCardInfo, render_model_card
-from .task_eval import scores_from_log_history
+from .task_eval import TaskEvalCallback, scores_from_log_history
 
 
 def training_hyperparameters(args, state) -> dict:
@@ -39,15 +40,21 @@ class ModelCardCallback(TrainerCallback):
     """Writes README.md into each checkpoint when it is saved, and into the output folder.
 
     The card's evaluation table comes from the log history that TaskEvalCallback fills in (the
-    baseline once, then the latest evaluation), so a checkpoint's card shows its own scores.
+    baseline once, then the latest evaluation), so a checkpoint's card shows its own scores. Given
+    that callback as `task_eval`, a classification card also shows each model's most frequent answer,
+    which tells a classifier from a constant answer that scores its label's share of the rows.
     Only the main process writes.
     """
 
-    def __init__(self, info: ModelCardInfo):
+    def __init__(self, info: ModelCardInfo, task_eval: Optional[TaskEvalCallback] = None):
         self.info = info
+        self.task_eval = task_eval
 
     def write(self, folder, args, state) -> Path:
-        scores = scores_from_log_history(state.log_history, self.info.task, len(self.info.task.gold), self.info.train_prompt)
+        if self.task_eval is not None:
+            scores = self.task_eval.scores(state.log_history)
+        else:
+            scores = scores_from_log_history(state.log_history, self.info.task, len(self.info.task.gold), self.info.train_prompt)
         card = render_model_card(self.info, scores, training_hyperparameters(args, state))
         path = Path(folder) / "README.md"
         path.parent.mkdir(parents=True, exist_ok=True)

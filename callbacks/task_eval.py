@@ -89,6 +89,13 @@ class TaskEvalCallback(TrainerCallback):
         state.log_history.append({self.metric_key: score.value, "step": state.global_step})
         return {self.metric_key: score.value}
 
+    def scores(self, log_history: list[dict]) -> list[TaskScore]:
+        """The before/after table of `log_history`, each score with the answers behind it where this
+        process kept them (a resumed run's baseline exists only as numbers in the restored history)."""
+        scores = scores_from_log_history(log_history, self.task, len(self.rows), self.prompt)
+        answered = {(s.model, s.prompt): s for s in [*self.base_scores, self.last_score] if s is not None}
+        return [answered.get((s.model, s.prompt), s) for s in scores]
+
     def _score(self, model, processing_class, state) -> TaskScore:
         with trainable_4bit_layout(model):
             score = score_model(model, processing_class, self.task, self.rows, prompt=self.prompt, **self.score_kwargs)

@@ -187,7 +187,7 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         num_gold=len(task.gold),
         data=info.data,
         scores=list(scores),
-        score_table=format_table(scores),
+        score_table=format_table(scores, task.labels),
         metric_label=_METRIC_TYPES[metric_name(task.type)][1],
         report_table=report_table(info.data.report),
         base_model_line=base_line,

@@ -30,7 +30,7 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from selfguide.builders.base import NoRowsError
-from selfguide.callbacks import ModelCardCallback, TaskEvalCallback, scores_from_log_history
+from selfguide.callbacks import ModelCardCallback, TaskEvalCallback
 from selfguide.evaluation import FEW_SHOT, PREDICTIONS_FILE, ZERO_SHOT, TaskScore, format_table, gold_rows, write_predictions
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
@@ -450,13 +450,15 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
 
     model, tokenizer, peft_config, quant = load_model(model_args, student, training_args)
     project_completion_tokens_only()
-    card_callback = ModelCardCallback(card_info(data_args, training_args, model_args, task, student, data_summary, quant))
     eval_rows = gold_rows(task, data_args.max_eval_rows) if task.gold else []
     task_callback = None
     if eval_rows:
         task_callback = TaskEvalCallback(
             task, eval_rows, baseline=data_args.eval_baseline, batch_size=data_args.eval_batch_size, prompt=data_args.train_prompt
         )
+    card_callback = ModelCardCallback(
+        card_info(data_args, training_args, model_args, task, student, data_summary, quant), task_eval=task_callback
+    )
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -486,12 +488,8 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
     metrics = run.task_callback.evaluate(trainer.model, trainer.processing_class, trainer.state) if run.task_callback else {}
 
     output_dir = Path(training_args.output_dir)
-    scores = scores_from_log_history(trainer.state.log_history, run.task, run.eval_rows, data_args.train_prompt)
+    scores = run.task_callback.scores(trainer.state.log_history) if run.task_callback else []
     final = run.task_callback.last_score if run.task_callback else None
-    if final is not None:
-        # The log history keeps the values; the callback's own scores also keep the answers behind them.
-        answered = {(s.model, s.prompt): s for s in [*run.task_callback.base_scores, final]}
-        scores = [answered.get((s.model, s.prompt), s) for s in scores]
     pushed: dict[str, str] = {}
     if trainer.is_world_process_zero():
         if final is not None:

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCo
 from selfguide import Task
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback
 from selfguide.evaluation import score_model
+from selfguide.metrics import most_frequent_answer
 from selfguide.hub_cards import DataSummary, ModelCardInfo
 from tests.sft_helpers import qlora_model_dir, task_rows  # noqa: F401  (fixture)
 
@@ -48,9 +49,12 @@ def test_callbacks_drive_best_model_selection_and_write_cards(tiny_model_dir, se
     trainer = Trainer(
         model=model, args=args, data_collator=collate, processing_class=tokenizer,
         train_dataset=lm_rows(tokenizer, task, task.gold * 4), eval_dataset=lm_rows(tokenizer, task, task.gold),
-        callbacks=[task_eval, ModelCardCallback(card_info(task))],
+        callbacks=[task_eval, ModelCardCallback(card_info(task), task_eval=task_eval)],
     )
     trainer.train()
+    final_card = (tmp_path / "out" / "README.md").read_text()
+    answer, share = most_frequent_answer(task_eval.last_score.predictions, task.labels)
+    assert f"| finetuned | zero-shot | {task_eval.last_score.value:.1f} | 4 | {answer} ({share:.0f}%) |" in final_card
 
     history = trainer.state.log_history
     baseline = [e for e in history if "base_fewshot_exact_match" in e]

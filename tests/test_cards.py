@@ -98,6 +98,14 @@ def test_model_card_body_states_data_training_and_scores(task, report, scores):
     assert "Intended use and limits" in text
 
 
+def test_a_classification_card_shows_each_models_most_frequent_answer(task, report, scores):
+    answered = [*scores[:2], TaskScore("finetuned", ZERO_SHOT, "exact_match", 75.0, 4, ["positive", "Negative.", "positive", "positive"])]
+    text = str(render_model_card(_info(task, report), answered, {"steps": 24}))
+    assert "| model | prompt | exact_match | rows | most frequent answer |" in text
+    assert "| finetuned | zero-shot | 75.0 | 4 | positive (75%) |" in text
+    assert "| base | few-shot | 50.0 | 4 | - |" in text  # a score without its answers (a resumed run's baseline)
+
+
 def test_full_finetune_card_and_local_base_model(task, scores):
     info = _info(task, None, finetuning="full", adapter=None, quantization=None, base_model="/models/mine", base_model_id=None, license=None)
     card = render_model_card(info, scores[:1], {"steps": 3})

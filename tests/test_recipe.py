@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from selfguide import Task
-from selfguide.metrics import extract_label
+from selfguide.metrics import extract_label, most_frequent_answer
 from selfguide.quantization import MissingBitsandbytesError
 from selfguide.recipes.sft import RecipeError, build, parse_args, run
 from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
@@ -83,8 +83,10 @@ def test_qlora_run_saves_adapter_cards_and_best_checkpoint(task_file, dataset_di
     assert [s.label for s in result.scores] == ["base model, few-shot prompt", "base model, zero-shot prompt", "finetuned model, zero-shot prompt"]
     assert f"| finetuned | zero-shot | {result.scores[-1].value:.1f} | 4 |" in card
     assert result.metrics == {"eval_exact_match": result.scores[-1].value}
-    # Each score, the baselines' too, keeps the answers it was made from.
+    # Each score, the baselines' too, keeps the answers it was made from, and the card shows them.
     assert [len(s.predictions) for s in result.scores] == [4, 4, 4]
+    answer, share = most_frequent_answer(result.scores[-1].predictions, Task.load(task_file).labels)
+    assert f"| finetuned | zero-shot | {result.scores[-1].value:.1f} | 4 | {answer} ({share:.0f}%) |" in card
 
 
 def test_loss_is_on_the_completion_only(task_file, dataset_dir, tiny_model_dir, tmp_path):
