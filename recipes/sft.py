@@ -102,6 +102,11 @@ class DataArguments:
     push_dataset: bool = field(
         default=False, metadata={"help": "With --push_to_hub, also push the synthetic dataset with its card."}
     )
+    push_gold_rows: bool = field(
+        default=False,
+        metadata={"help": "With --push_dataset, also publish the task's gold rows as the dataset's test split. Off by "
+                  "default: a published test set ends up in the next crawl, and in other models' training data."},
+    )
     dataset_repo_id: Optional[str] = field(
         default=None, metadata={"help": "Hub repo for --push_dataset; defaults to '<hub_model_id>-data'."}
     )
@@ -495,15 +500,19 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
         if final is not None:
             write_predictions(output_dir / PREDICTIONS_FILE, run.task_callback.rows, final)
         if not data_args.dataset_name:
-            save_dataset_for_hub(run.dataset, output_dir / "dataset", run.task, info.data, license=info.license)
+            save_dataset_for_hub(
+                run.dataset, output_dir / "dataset", run.task, info.data, license=info.license, gold_rows=data_args.push_gold_rows
+            )
         repo_id = training_args.hub_model_id or output_dir.name
         if run.push and data_args.push_dataset:
-            result = push_dataset(output_dir / "dataset", data_args.dataset_repo_id or f"{repo_id}-data")
+            result = push_dataset(
+                output_dir / "dataset", data_args.dataset_repo_id or f"{repo_id}-data", private=training_args.hub_private_repo
+            )
             pushed["dataset"] = result.commit_url
             info.data.hub_id = result.repo_id  # the model card links the dataset it was trained on
         run.card_callback.write(output_dir, training_args, trainer.state)
         if run.push:
-            pushed["model"] = push_adapter(output_dir, repo_id).commit_url
+            pushed["model"] = push_adapter(output_dir, repo_id, private=training_args.hub_private_repo).commit_url
     trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores, run.task.labels)}")
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -117,16 +117,24 @@ def push_adapter(output_dir, repo_id: str, **kwargs) -> PushResult:
     return push_folder(output_dir, repo_id, ignore_patterns=TRAINING_LEFTOVERS, **kwargs)
 
 
-def save_dataset_for_hub(dataset, folder, task: Task, data_summary, license: Optional[str] = None) -> Path:
-    """Write a DatasetDict as the Hub lays datasets out: `data/<split>-00000-of-00001.parquet` plus README.md."""
+def save_dataset_for_hub(
+    dataset, folder, task: Task, data_summary, license: Optional[str] = None, gold_rows: bool = False
+) -> Path:
+    """Write a DatasetDict as the Hub lays datasets out: `data/<split>-00000-of-00001.parquet` plus README.md.
+
+    The `test` split, the task's gold rows, is left out unless `gold_rows`: like the evaluation's answers
+    (TRAINING_LEFTOVERS), a test set once published leaks into the next crawl.
+    """
     from .hub_cards import render_dataset_card, validate_dataset_card
 
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    for split, rows in dataset.items():
+    splits = {name: rows for name, rows in dataset.items() if gold_rows or name != "test"}
+    for split, rows in splits.items():
         rows.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
-    first = next(iter(dataset.values()))
-    card = render_dataset_card(task, data_summary, first.column_names, list(dataset.keys()), license=license)
+    summary = replace(data_summary, test_rows=splits["test"].num_rows if "test" in splits else 0)
+    first = next(iter(splits.values()))
+    card = render_dataset_card(task, summary, first.column_names, list(splits), license=license)
     card.save(folder / "README.md")
     validate_dataset_card(card, folder)
     return folder

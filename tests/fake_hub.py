@@ -27,6 +27,7 @@ USER = "tester"
 class FakeHub:
     def __init__(self, lifetime_s: float = 300.0):
         self.repos: dict[tuple[str, str], dict[str, bytes]] = defaultdict(dict)
+        self.visibility: dict[tuple[str, str], object] = {}  # as each repo was created: "private", "public" or None
         self.blobs: dict[str, bytes] = {}
         self.requests: list[dict] = []
         self.failures: dict[str, list[int]] = defaultdict(list)  # endpoint kind -> status codes to answer next
@@ -135,6 +136,7 @@ class FakeHub:
         repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
         with self._lock:
             self.repos[(repo_type, repo_id)]
+            self.visibility[(repo_type, repo_id)] = payload.get("visibility")
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         return 200, {"url": f"{self.url}/{prefix}{repo_id}", "name": repo_id}
 

@@ -140,7 +140,7 @@ def test_model_card_validation_rejects_bad_metadata(header, problem):
 def test_dataset_card_and_hub_layout(tmp_path, task, report):
     dataset = DatasetDict({"train": Dataset.from_list(task_rows(task, task.examples)), "test": Dataset.from_list(task_rows(task, task.gold))})
     data = _info(task, report).data
-    folder = save_dataset_for_hub(dataset, tmp_path / "dataset", task, data, license="gemma")
+    folder = save_dataset_for_hub(dataset, tmp_path / "dataset", task, data, license="gemma", gold_rows=True)
     assert sorted(p.name for p in (folder / "data").iterdir()) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
     meta = DatasetCard.load(folder / "README.md").data.to_dict()
     assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}, {"split": "test", "path": "data/test-*"}]}]

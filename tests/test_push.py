@@ -94,11 +94,18 @@ def test_dataset_push_with_its_card(hub, tmp_path, sentiment_task_dict):
     dataset = DatasetDict({"train": Dataset.from_list(task_rows(task, task.examples)), "test": Dataset.from_list(task_rows(task, task.gold))})
     summary = DataSummary("SELF-GUIDE", "load_dataset('selfguide', ...)", "the base model wrote and labelled itself", 4, 4)
     folder = save_dataset_for_hub(dataset, tmp_path / "dataset", task, summary)
-    result = push_dataset(folder, "sentiment-data", endpoint=hub.url)
+    result = push_dataset(folder, "sentiment-data", endpoint=hub.url, private=True)
     assert result.repo_id == "tester/sentiment-data" and "/datasets/" in result.commit_url
+    assert hub.visibility[("dataset", "tester/sentiment-data")] == "private"
     pushed = hub.repos[("dataset", "tester/sentiment-data")]
-    assert sorted(pushed) == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    # The gold rows stay local unless asked for, and the card does not promise them.
+    assert sorted(pushed) == ["README.md", "data/train-00000-of-00001.parquet"]
     assert all(pushed[name] == (folder / name).read_bytes() for name in pushed)
+    assert "gold rows" not in pushed["README.md"].decode()
+    with_gold = save_dataset_for_hub(dataset, tmp_path / "with_gold", task, summary, gold_rows=True)
+    push_dataset(with_gold, "sentiment-data-gold", endpoint=hub.url)
+    pushed = hub.repos[("dataset", "tester/sentiment-data-gold")]
+    assert "data/test-00000-of-00001.parquet" in pushed and "holds the task's 4 gold rows" in pushed["README.md"].decode()
 
 
 def _recipe(task_file, data, model, out, hub_url, *extra):
@@ -121,9 +128,10 @@ def test_recipe_pushes_adapter_and_card_and_never_writes_the_token(recipe_inputs
     task_file, data, model = recipe_inputs
     out = tmp_path / "out"
     with FakeHub(lifetime_s=200) as hub:
-        proc = _recipe(task_file, data, model, out, hub.url)
+        proc = _recipe(task_file, data, model, out, hub.url, "--hub_private_repo", "true")
         assert proc.returncode == 0, proc.stderr[-3000:]
         pushed = hub.repos[("model", "tester/tiny-sft")]
+        assert hub.visibility[("model", "tester/tiny-sft")] == "private"
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(pushed)
     assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in pushed)
     # The evaluation's answers stay local: they carry the task's gold rows.
