@@ -200,10 +200,21 @@ def load_for_evaluation(
 
 
 def adapter_base_model(adapter: str) -> Optional[str]:
-    """The base model an adapter folder was trained on, as recorded by PEFT."""
+    """The base model an adapter was trained on, as PEFT recorded it.
+
+    PEFT records a local base as its path on the training machine (the embedded student's converted
+    folder, say): elsewhere that path names nothing, and loading it as a Hub id fails far from the cause.
+    """
     from peft import PeftConfig
 
-    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    base = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    if base and Path(base).is_absolute() and not Path(base).exists():
+        raise FileNotFoundError(
+            f"adapter: its adapter_config.json names the base model {base}, a folder of the machine it was trained on "
+            "that does not exist here. Fix: pass the base model (--model / model_name_or_path): its Hub id or folder, "
+            "or embedded:gemma-3-270m for an adapter trained on the embedded student"
+        )
+    return base
 
 
 def adapter_trained_in_4bit(adapter: str) -> bool:

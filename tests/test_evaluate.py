@@ -134,6 +134,24 @@ def test_evaluate_command_scores_baseline_and_adapter(task, tiny_model_dir, sent
     assert f"| finetuned | {ZERO_SHOT} | {direct.value:.1f} | 4 | {answer} ({share:.0f}%) |" in table
 
 
+def test_an_adapter_whose_base_folder_is_on_another_machine_needs_the_base_named(tiny_model_dir, sentiment_task_dict, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    # As a pulled adapter trained elsewhere: PEFT recorded the trainer's local folder.
+    config["base_model_name_or_path"] = "/home/trainer/.cache/huggingface/selfguide/models/gemma-3-270m"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(sentiment_task_dict))
+    assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter)]) == 2
+    err = capsys.readouterr().err
+    assert "/home/trainer/.cache" in err and "Fix: pass the base model (--model" in err
+    assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter), "--model", str(tiny_model_dir)]) == 0
+
+
 def test_evaluate_command_rejects_a_task_without_gold_rows(rewrite_task_dict, tmp_path, capsys):
     task_file = tmp_path / "task.json"
     task_file.write_text(json.dumps({**rewrite_task_dict, "test": []}))
