@@ -34,6 +34,7 @@ from selfguide.callbacks import ModelCardCallback, TaskEvalCallback
 from selfguide.evaluation import FEW_SHOT, PREDICTIONS_FILE, ZERO_SHOT, TaskScore, format_table, gold_rows, write_predictions
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
+from selfguide.metrics import metric_name
 from selfguide.prompts import row_fewshot_prompt
 from selfguide.quantization import (
     MissingBitsandbytesError,
@@ -43,7 +44,7 @@ from selfguide.quantization import (
     require_bitsandbytes,
 )
 from selfguide.student import DEFAULT_STUDENT, resolve_dtype, resolve_student
-from selfguide.task import Task, TaskSpecError
+from selfguide.task import TASK_TYPES, Task, TaskSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +239,20 @@ def check_inputs(data_args: DataArguments, training_args: RecipeConfig, model_ar
             f"eval_strategy={training_args.eval_strategy!r} but task '{task.name}' has no gold rows. "
             "Fix: add a 'test' list to the task spec, or set eval_strategy: 'no'"
         )
+    _match_best_model_metric(training_args, task)
     if push:
         require_token()
     return task
+
+
+def _match_best_model_metric(training_args: RecipeConfig, task: Task) -> None:
+    """A shared config names one task metric for best-model selection; a task of the other type logs the other
+    one, and the Trainer would fail at the first evaluation looking for it. Use the task's own."""
+    named = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    own = metric_name(task.type)
+    if named in {metric_name(t) for t in TASK_TYPES} and named != own:
+        logger.warning("metric_for_best_model: %s is not logged for %s task '%s'; selecting by %s", named, task.type, task.name, own)
+        training_args.metric_for_best_model = own
 
 
 def _is_local(name: str) -> bool:

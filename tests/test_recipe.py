@@ -256,6 +256,21 @@ def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewr
     assert not (tmp_path / "out").exists()
 
 
+def test_a_generation_task_selects_checkpoints_by_rouge_under_a_classification_config(tiny_model_dir, tmp_path, rewrite_task_dict):
+    """The shipped qlora.yaml names exact_match, which a generation task never logs."""
+    task_file = tmp_path / "rewrite.json"
+    task_file.write_text(json.dumps(rewrite_task_dict))
+    task = Task.load(task_file)
+    data = save_task_dataset(task, tmp_path / "data", task.examples * 4, task.gold)
+    out = tmp_path / "out"
+    run(recipe_args(task_file, data, tiny_model_dir, out, finetuning="lora", eval_strategy="steps", eval_steps=1,
+                    save_strategy="steps", save_steps=1, load_best_model_at_end="true", metric_for_best_model="exact_match",
+                    eval_baseline="false"))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    evaluated = [e for e in state["log_history"] if "eval_rougeL" in e]
+    assert [e["step"] for e in evaluated] == [1, 2] and state["best_metric"] == max(e["eval_rougeL"] for e in evaluated)
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(config, task_file):
     data_args, training_args, model_args = parse_args(["--config", str(config), "--task", str(task_file)])
