@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,11 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def command_line() -> str:
+    """How this benchmark was called, to be written beside its results."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def machine() -> dict:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import SHARED_DATA, machine, markdown_table, write_results
+from common import SHARED_DATA, command_line, machine, markdown_table, write_results
 
 import selfguide.rebase.datastore as ds_module
 from selfguide import Task
@@ -156,6 +156,7 @@ def main() -> None:
         },
         f"recall_at_{k}": round(recall, 4),
         "retrieve_k50_seconds": {name: round(s, 2) for name, s in retrieve_seconds.items()},
+        "command": command_line(),
     }
     emb = payload["embedding"]
     lat = payload["latency_single_query"]
@@ -182,6 +183,8 @@ def main() -> None:
         ),
         "",
         markdown_table(["task", "retrieve(k=50) s"], [[n, round(s, 2)] for n, s in retrieve_seconds.items()]),
+        "",
+        f"Command: `{payload['command']}`",
     ]
     write_results("retrieval", payload, "\n".join(md))
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,8 @@ def _markdown(result: dict) -> str:
         "completion positions (`project_completion_tokens_only`), where the bare SFTTrainer projects every prompt "
         "position too. A ratio below 1 is that saving; it grows with the prompt's share of the row.",
         "",
+        f"Command: `{result['command']}`",
+        "",
     ]
     return "\n".join(lines)
 
@@ -262,6 +265,7 @@ def main() -> None:
         "ratio_step_median": recipe["step_s_median"] / bare["step_s_median"],
         "ratio_peak_mib": recipe["peak_mib"] / bare["peak_mib"],
         "raw": runs,
+        "command": shlex.join(["python", "benchmarks/train_overhead.py", *argv]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
