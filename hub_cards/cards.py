@@ -185,6 +185,7 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         kind_sentence=f"{kind} on {base_line}",
         task=task,
         num_gold=len(task.gold),
+        num_scored=scores[0].num_rows if scores else 0,  # fewer than num_gold under max_eval_rows
         data=info.data,
         scores=list(scores),
         score_table=format_table(scores, task.labels),

@@ -106,6 +106,14 @@ def test_a_classification_card_shows_each_models_most_frequent_answer(task, repo
     assert "| base | few-shot | 50.0 | 4 | - |" in text  # a score without its answers (a resumed run's baseline)
 
 
+def test_a_card_says_how_many_gold_rows_were_scored(task, report):
+    scored_two = [TaskScore("finetuned", ZERO_SHOT, "exact_match", 50.0, 2)]  # as under --max_eval_rows 2
+    text = str(render_model_card(_info(task, report), scored_two, {"steps": 24}))
+    assert "then checked on 2 held-out gold rows" in text and "Exact match on 2 of the task's 4 gold rows" in text
+    unscored = str(render_model_card(_info(task, report), [], {"steps": 24}))
+    assert "checked on" not in unscored and "No evaluation was run" in unscored
+
+
 def test_full_finetune_card_and_local_base_model(task, scores):
     info = _info(task, None, finetuning="full", adapter=None, quantization=None, base_model="/models/mine", base_model_id=None, license=None)
     card = render_model_card(info, scores[:1], {"steps": 3})
