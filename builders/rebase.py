@@ -54,6 +54,8 @@ class ReBaseConfig(TaskDatasetConfig):
             )
         if self.retrieve_factor < 1:
             raise ValueError(f"retrieve_factor: must be at least 1, got {self.retrieve_factor}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates: nearest texts fetched per demo, must be at least 1, got {self.candidates}")
         if isinstance(self.exclude_datasets, str):
             self.exclude_datasets = (self.exclude_datasets,)
 

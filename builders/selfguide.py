@@ -76,6 +76,9 @@ class SelfGuideConfig(TaskDatasetConfig):
         for knob in ("inputs_per_prompt", "prompts_per_batch", "max_rounds", "annotation_samples"):
             if getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be at least 1, got {getattr(self, knob)}")
+        if self.oversample <= 0:
+            # No candidates would be asked for, and the empty result would be blamed on the filters.
+            raise ValueError(f"oversample: candidate inputs per missing row, must be above 0, got {self.oversample}")
 
 
 class SelfGuide(TaskDatasetBuilder):

@@ -202,7 +202,18 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[DataArguments, RecipeC
         raise RecipeError("; ".join(problems) + ". Fix: correct or remove it; `--help` lists every argument")
     data_args, training_args, model_args = parsed
     if isinstance(data_args.synthesis_kwargs, str):
-        data_args.synthesis_kwargs = json.loads(data_args.synthesis_kwargs)
+        try:
+            data_args.synthesis_kwargs = json.loads(data_args.synthesis_kwargs)
+        except json.JSONDecodeError as e:
+            raise RecipeError(
+                f"synthesis_kwargs: {data_args.synthesis_kwargs!r} is not JSON ({e.msg}). Fix: write an object, "
+                """e.g. --synthesis_kwargs '{"temperature": 0.7}'"""
+            ) from None
+    if data_args.synthesis_kwargs is not None and not isinstance(data_args.synthesis_kwargs, dict):
+        raise RecipeError(
+            f"synthesis_kwargs: must be a mapping of builder knobs, got {data_args.synthesis_kwargs!r}. "
+            """Fix: write an object, e.g. --synthesis_kwargs '{"temperature": 0.7}'"""
+        )
     return data_args, training_args, model_args
 
 

@@ -144,6 +144,8 @@ def test_a_server_that_is_down_is_a_clear_error(store, tmp_path):
 def test_missing_or_unfinished_datastores_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="datastore: is missing"):
         load_dataset("rebase", task=str(TASK), cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="candidates: .* must be at least 1, got 0"):
+        load_dataset("rebase", task=str(TASK), datastore=str(tmp_path), candidates=0, cache_dir=str(tmp_path))
     with pytest.raises(DatastoreError, match="no such folder"):
         _load(tmp_path / "nowhere", "http://127.0.0.1:9", tmp_path / "cache")
     (tmp_path / "half" / ".build").mkdir(parents=True)

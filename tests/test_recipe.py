@@ -253,6 +253,10 @@ def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewr
         run(args + ["--hub_token", "hf_should_not_be_here"])
     with pytest.raises(RecipeError, match="push_dataset"):
         run(args + ["--push_dataset", "true"])
+    with pytest.raises(RecipeError, match=r"synthesis_kwargs: .* is not JSON .*Fix: write an object"):
+        run(args + ["--synthesis_kwargs", "{temperature: 0.7}"])
+    with pytest.raises(RecipeError, match="synthesis_kwargs: must be a mapping"):
+        run(args + ["--synthesis_kwargs", "[0.7]"])
     assert not (tmp_path / "out").exists()
 
 

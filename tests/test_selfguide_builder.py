@@ -101,6 +101,8 @@ def test_bad_knobs_fail_before_any_model_work(tmp_path, tiny_model_dir):
         _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, label_strategy="guess")
     with pytest.raises(ValueError, match="balance: 'rank'.*Fix"):
         _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, label_strategy="vote", balance="rank")
+    with pytest.raises(ValueError, match="oversample: .* must be above 0, got 0"):
+        _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, oversample=0)
     with pytest.raises(selfguide.TaskSpecError, match="task"):
         load_dataset("selfguide", cache_dir=str(tmp_path))
 
