@@ -129,7 +129,8 @@ def main() -> None:
     command = shlex.join(["python", "benchmarks/gold_ceiling.py", *argv])
     md = (
         "# The finetuning ceiling: the embedded student trained on gold rows of the task itself\n\n"
-        f"QLoRA at batch 8, lr {args.learning_rate:g}, the {args.train_prompt} prompt, as `ni_v2.py` trains; gold rows "
+        f"QLoRA at batch 8 as `ni_v2.py` trains, here at lr {args.learning_rate:g} with the {args.train_prompt} prompt "
+        "(`ni_v2.py`: 0.0002, zero-shot); gold rows "
         "from the NI task file in equal classes, none from the validation split; scored on "
         f"`ni_v2.py`'s {args.eval_rows} seeded `{args.split}` rows, whose inputs no training row shares. Cells: exact match (share of the rows given the "
         "most frequent prediction).\n\n"

@@ -1,7 +1,7 @@
 """Score a model on a task's gold rows: the one evaluation behind the training callback, `selfguide evaluate` and the demo.
 
 The prompting baseline is the base model with every demonstration in the prompt; the finetuned model
-gets the zero-shot training prompt it was trained on. Both are decoded greedily, cut at the same stop
+gets the prompt it was trained on (zero-shot by default, few-shot with the recipe's --train_prompt few-shot). Both are decoded greedily, cut at the same stop
 strings and scored with the task's metric, so the numbers compare.
 """
 

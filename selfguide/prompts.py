@@ -44,5 +44,6 @@ def row_fewshot_prompt(task: Task, input_text: str, seed: int, index: int) -> st
 
 
 def training_prompt(task: Task, input_text: str) -> str:
-    """Zero-shot prompt used for finetuning and for scoring the finetuned model: short keeps steps cheap."""
+    """Zero-shot prompt, the default for finetuning and scoring the finetuned model: short keeps steps cheap
+    (`row_fewshot_prompt` is the few-shot alternative)."""
     return format_prompt(task, input_text)

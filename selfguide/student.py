@@ -87,8 +87,8 @@ def resolve_dtype(dtype: str = "auto") -> torch.dtype:
         return getattr(torch, dtype)
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # Measured on a CPU with native bf16 (AVX512-BF16): generation was ~6% slower in bf16 than float32
-    # and QLoRA steps several times slower, so CPUs get float32 unless a dtype is asked for.
+    # Measured on an AVX2 CPU without native bf16: generation was ~6% slower in bf16 than float32 and QLoRA
+    # steps 22x slower (benchmarks/results/qlora_compute_dtype.md), so CPUs get float32 unless asked.
     return torch.float32
 
 

@@ -36,7 +36,7 @@ class Engine(ABC):
 
     `generate` returns, for each prompt, `params.n` completions (prompt excluded, cut at stop strings).
     `score` returns the summed log-probability of each continuation given its prompt; engines that
-    cannot compute it raise NotImplementedError and callers fall back to sampling.
+    cannot compute it raise NotImplementedError, whose message points to label_strategy='vote' (sampling).
     """
 
     name: str = "engine"

@@ -2,7 +2,7 @@
 
 The prompt is a document for a base model to continue: a header naming the task, then numbered
 examples (the gold inputs, called high-quality in the paper, mixed in shuffled order with up to
-ten earlier generations, the low-quality ones), and finally an open example slot. For classification
+`max_low_quality` (3) earlier generations, the low-quality ones), and finally an open example slot. For classification
 every example carries its answer and the open slot names a target label, so the student writes an
 input for that label. Keeping the instruction in a header, away from the slot, stops it leaking
 into the generated text.
