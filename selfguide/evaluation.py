@@ -68,18 +68,29 @@ def _text_tokenizer(processing_class):
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy completions, leaving the model's train/eval mode and the tokenizer's padding side as they were."""
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16, progress: Optional[str] = None
+) -> list[str]:
+    """Greedy completions, leaving the model's train/eval mode and the tokenizer's padding side as they were.
+
+    `progress` names a progress bar over the batches (a few minutes per model on a CPU); None shows none.
+    """
     tokenizer = _text_tokenizer(tokenizer)
     padding_side, was_training = tokenizer.padding_side, model.training
     model.eval()
     try:
-        engine = TransformersEngine(model, tokenizer, batch_size=batch_size)
+        engine = TransformersEngine(model, tokenizer, batch_size=batch_size, progress=progress)
         outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=OUTPUT_STOP))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return [o[0].strip() for o in outputs]
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _across_processes(fn: Callable[[list], list], items: list) -> list:
@@ -127,7 +138,8 @@ def score_model(
     tokenizer = _text_tokenizer(tokenizer)
     budget = max_new_tokens or default_max_new_tokens(task, tokenizer, references)
     prompts = build_prompts(task, [r.input for r in rows], prompt, seed=seed)
-    predictions = _across_processes(lambda ps: generate(model, tokenizer, ps, budget, batch_size), prompts)
+    bar = f"scoring {model_label}, {prompt} prompt" if _is_main_process() else None
+    predictions = _across_processes(lambda ps: generate(model, tokenizer, ps, budget, batch_size, bar), prompts)
     value = task_score(task.type, predictions, references, task.labels)
     return TaskScore(model_label, prompt, metric_name(task.type), value, len(rows), predictions)
 

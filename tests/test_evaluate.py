@@ -38,11 +38,13 @@ def test_prompts_zero_shot_is_the_training_prompt_and_few_shot_shows_every_demo(
         build_prompts(task, inputs, "three-shot")
 
 
-def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(task, tiny):
+def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(task, tiny, capsys):
     model, tokenizer = tiny
     model.train()
     tokenizer.padding_side = "right"
-    first = score_model(model, tokenizer, task, prompt=FEW_SHOT, max_new_tokens=6)
+    first = score_model(model, tokenizer, task, prompt=FEW_SHOT, max_new_tokens=6, batch_size=2)
+    bar = capsys.readouterr().err  # a progress bar over the 2 batches of the 4 gold rows
+    assert "scoring finetuned, few-shot prompt" in bar and "0/2 " in bar
     second = score_model(model, tokenizer, task, prompt=FEW_SHOT, max_new_tokens=6)
     assert first.predictions == second.predictions and len(first.predictions) == len(task.gold)
     assert first.value == task_score(task.type, first.predictions, [g.output for g in task.gold], task.labels)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from .base import Engine, SamplingParams, truncate_at_stop
 
@@ -12,10 +14,11 @@ from .base import Engine, SamplingParams, truncate_at_stop
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, logits_budget: int = 2**28):
+    def __init__(self, model, tokenizer, batch_size: int = 16, logits_budget: int = 2**28, progress: Optional[str] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.progress = progress  # the description of a progress bar over generate()'s batches; None: no bar
         # Most logits one scoring forward may hold (2**28 float32: 1 GiB, twice that with its
         # log-softmax). Long continuations times a 262k vocabulary overran 24 GiB at batch_size alone.
         self.logits_budget = logits_budget
@@ -77,7 +80,11 @@ class TransformersEngine(Engine):
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         n = params.n
-        for b, idx in self._batches(prompts):
+        batches = tqdm(
+            self._batches(prompts), total=math.ceil(len(prompts) / self.batch_size), desc=self.progress,
+            unit="batch", disable=self.progress is None, leave=False,
+        )
+        for b, idx in batches:
             enc = self._encode([prompts[i] for i in idx])
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 if params.seed is not None:
