@@ -96,13 +96,15 @@ def test_save_copies_a_datastore_that_loads_elsewhere(store, tmp_path):
     assert (tmp_path / "copy" / "COMPLETE").read_text() == store.fingerprint
 
 
-def test_max_rows_per_config_keeps_evenly_spaced_rows(tmp_path):
+def test_max_rows_per_config_keeps_evenly_spaced_rows(tmp_path, capsys):
     rows = [{"id": f"q{i}", "question": f"Question number {i} about the weather?", "answer": f"answer {i}"} for i in range(20)]
     path = tmp_path / "many.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     store = build_datastore(path, tmp_path / "store", max_rows_per_config=4, index_factory="Flat")
     assert store.rows["row_id"] == ["q0", "q5", "q10", "q15"]
     assert store.meta["index_factory"] == "Flat"
+    bars = capsys.readouterr().err  # both long stages of a build show their progress
+    assert "Reading datastore sources: 100%" in bars and "1/1" in bars and "Embedding datastore" in bars
 
 
 def test_evenly_spaced_reads_no_further_than_needed():

@@ -375,7 +375,8 @@ def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], m
     """Read every source into the column lists of the rows, texts and sources tables."""
     skipped: list[dict] = []
     groups: dict[tuple, _Group] = {}
-    for i, (source, kind) in enumerate(zip(sources, kinds)):
+    # Hub sources stream up to `max_rows` rows per config: minutes for a long source list.
+    for i, (source, kind) in enumerate(tqdm(list(zip(sources, kinds)), desc="Reading datastore sources", unit="source")):
         found = _hub_groups(source, max_rows, max_config_bytes, skipped) if kind == "hub" else _local_groups(source, i)
         for g in found:
             merged = groups.setdefault((g.dataset, g.config), _Group(g.dataset, g.config, g.description, g.license))
