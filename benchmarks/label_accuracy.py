@@ -37,7 +37,8 @@ from selfguide.engines import SamplingParams, TransformersEngine
 from selfguide.metrics import normalize
 from selfguide.prompts import OUTPUT_STOP
 from selfguide.student import resolve_student
-from selfguide.synthesis.class_balance import assign_by_rank, to_label
+from selfguide.metrics import extract_label
+from selfguide.synthesis.class_balance import assign_by_rank
 from selfguide.synthesis.label_calibration import label_by_channel, label_by_likelihood
 from selfguide.synthesis.output_annotation import sample_outputs, vote
 
@@ -51,7 +52,7 @@ def sampled_labels(engine, task: Task, inputs: list[str], seed: int, n: int, tem
     params = SamplingParams(temperature=temperature, top_k=40 if temperature else 0, n=n, max_new_tokens=8,
                             stop=OUTPUT_STOP, seed=seed)
     samples = sample_outputs(engine, task, inputs, params)
-    return [vote(s, 0.3, lambda text: to_label(text, task.labels)).output for s in samples]
+    return [vote(s, 0.3, lambda text: extract_label(text, task.labels)).output for s in samples]
 
 
 def likelihood_labels(engine, task: Task, inputs: list[str], seed: int, calibrate: bool = True) -> list[str]:

@@ -98,9 +98,7 @@ def report_table(report: Optional[FilterReport]) -> str:
     if report is None or not report.stages:
         return ""
     lines = ["| stage | rows in | rows out | dropped |", "|---|---:|---:|---|"]
-    for name, s in report.stages.items():
-        reasons = ", ".join(f"{k}: {v}" for k, v in s.dropped.most_common()) or "-"
-        lines.append(f"| {name} | {s.rows_in} | {s.rows_out} | {reasons} |")
+    lines += [f"| {name} | {rows_in} | {rows_out} | {reasons} |" for name, rows_in, rows_out, reasons in report.rows()]
     return "\n".join(lines)
 
 

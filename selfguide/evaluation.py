@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import torch
 
 from .engines import SamplingParams, TransformersEngine
 from .metrics import metric_name, most_frequent_answer, task_score
@@ -192,17 +191,18 @@ def load_for_evaluation(
     dtype: str = "auto",
 ):
     """Base model (and tokenizer), 4-bit when asked; with `adapter`, a PeftModel around it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .student import load_student, resolve_student
 
-    from .quantization import nf4_config
-    from .student import resolve_dtype, resolve_student
+    if load_in_4bit:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_student(model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs = {"quantization_config": nf4_config()} if load_in_4bit else {"dtype": resolve_dtype(dtype)}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if not load_in_4bit:
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        from .quantization import nf4_config
+
+        path = resolve_student(model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=nf4_config())
+    else:
+        model, tokenizer = load_student(model_name_or_path, dtype=dtype)
     if adapter:
         from peft import PeftModel
 

@@ -37,11 +37,16 @@ class FilterReport:
     def from_dict(cls, data: dict) -> "FilterReport":
         return cls({n: StageCount(d["in"], d["out"], Counter(d.get("dropped", {}))) for n, d in data.items()})
 
+    def rows(self) -> list[tuple[str, int, int, str]]:
+        """(stage, rows in, rows out, the drop reasons most frequent first) per stage, as the tables show them."""
+        return [
+            (name, s.rows_in, s.rows_out, ", ".join(f"{k}: {v}" for k, v in s.dropped.most_common()) or "-")
+            for name, s in self.stages.items()
+        ]
+
     def summary(self) -> str:
         lines = [f"{'stage':<22}{'in':>8}{'out':>8}  dropped"]
-        for name, s in self.stages.items():
-            reasons = ", ".join(f"{k}: {v}" for k, v in s.dropped.most_common()) or "-"
-            lines.append(f"{name:<22}{s.rows_in:>8}{s.rows_out:>8}  {reasons}")
+        lines += [f"{name:<22}{rows_in:>8}{rows_out:>8}  {reasons}" for name, rows_in, rows_out, reasons in self.rows()]
         return "\n".join(lines)
 
     def to_description(self, headline: str) -> str:

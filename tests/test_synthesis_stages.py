@@ -6,7 +6,8 @@ import pytest
 
 from selfguide import Task
 from selfguide.engines import SamplingParams, TransformersEngine
-from selfguide.synthesis.class_balance import assign_by_rank, class_cap, downsample_to_smallest, to_label
+from selfguide.metrics import extract_label
+from selfguide.synthesis.class_balance import assign_by_rank, class_cap, downsample_to_smallest
 from selfguide.synthesis.input_filters import InputFilter, length_window, required_markers
 from selfguide.synthesis.input_generation import SLOT_MARKER, build_input_prompt, draw_target_label
 from selfguide.synthesis.label_calibration import label_by_channel, label_by_likelihood
@@ -91,7 +92,7 @@ def test_vote_majority_threshold_and_ties():
     tie = vote(["the long answer", "short", "x y z w"], 0.3)
     assert tie.output == "short" and tie.votes == 1
     assert vote(["a", "b", "c", "d", "e"], 0.3).reason == "no_majority"
-    mapped = vote(["I think yes", "nope", "YES."], 0.3, lambda s: to_label(s, ["yes", "no"]))
+    mapped = vote(["I think yes", "nope", "YES."], 0.3, lambda s: extract_label(s, ["yes", "no"]))
     assert mapped.output == "yes" and mapped.votes == 2 and abs(mapped.agreement - 2 / 3) < 1e-9
     assert vote(["", " "], 0.3).reason == "no_answer"
 

@@ -3,7 +3,7 @@ give what the plain computation gives, on a Llama and on a Gemma 3 with sliding-
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig, Gemma3ForCausalLM
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
 from selfguide.engines import SamplingParams, TransformersEngine
 

@@ -1,17 +1,12 @@
-"""Classification post-processing: map free text to a label, and keep the classes balanced."""
+"""Classification post-processing: keep the classes balanced."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Sequence
 
-from ..metrics import extract_label
-
-
-def to_label(text: str, labels: Sequence[str]) -> Optional[str]:
-    return extract_label(text, labels)
 
 
 def class_cap(num_examples: int, labels: Sequence[str]) -> int:

@@ -15,10 +15,11 @@ from datasets.utils import tqdm
 
 from ..engines import Engine, SamplingParams
 from ..journal import Journal
+from ..metrics import extract_label
 from ..prompts import OUTPUT_STOP
 from ..report import FilterReport
 from ..task import Example, Task
-from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest, to_label
+from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest
 from .input_filters import DEFAULT_NOISE_PATTERNS, InputFilter
 from .input_generation import INPUT_STOP, build_input_prompt, draw_target_label, input_max_new_tokens
 from .label_calibration import label_by_channel, label_by_likelihood
@@ -99,7 +100,7 @@ class SelfGuidePipeline:
             return label_by_channel(self.engine, self.task, inputs, seed)
         params = SamplingParams(**{**vars(self.output_params), "seed": seed})
         samples = sample_outputs(self.engine, self.task, inputs, params)
-        to_answer = (lambda s: to_label(s, self.labels)) if self.labels else (lambda s: s.strip() or None)
+        to_answer = (lambda s: extract_label(s, self.labels)) if self.labels else (lambda s: s.strip() or None)
         return [vote(s, self.cfg.min_majority, to_answer) for s in samples]
 
     def _batch(self, key: str, rng: random.Random, size: int, rows: list[dict], round_index: int) -> list[dict]:
