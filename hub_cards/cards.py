@@ -54,7 +54,7 @@ class DataSummary:
     settings: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dataset(cls, dataset, source: str, settings: Optional[dict] = None, hub_id: Optional[str] = None) -> "DataSummary":
+    def from_dataset(cls, dataset, source: str, settings: Optional[dict] = None) -> "DataSummary":
         """`dataset` is a DatasetDict; the method is read from the builder that made it."""
         from ..report import filter_report
 
@@ -71,7 +71,6 @@ class DataSummary:
             train_rows=dataset["train"].num_rows if "train" in dataset else 0,
             test_rows=dataset["test"].num_rows if "test" in dataset else 0,
             report=report,
-            hub_id=hub_id,
             settings=dict(settings or {}),
         )
 

@@ -39,6 +39,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="load the base in 4-bit nf4 (default: as the adapter was trained, 4-bit when its model card says QLoRA)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights of a full-precision base (auto: bf16/fp16 on a GPU, float32 on a CPU)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the scores, with each model's answers, to this JSON file")
     p.set_defaults(func=run_evaluate)
     return p
@@ -60,7 +62,7 @@ def run_evaluate(args) -> int:
         task = Task.load(args.task)
         scores = evaluate_task(
             task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
-            adapter_prompt=args.adapter_prompt,
+            dtype=args.dtype, adapter_prompt=args.adapter_prompt,
         )
     except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
         return _report_input_error(e)

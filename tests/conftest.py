@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 _CORPUS = [
     "Classify the sentiment of a movie review as positive or negative.",

@@ -39,8 +39,6 @@ class Engine(ABC):
     cannot compute it raise NotImplementedError, whose message points to label_strategy='vote' (sampling).
     """
 
-    name: str = "engine"
-
     @abstractmethod
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]: ...
 

@@ -29,8 +29,6 @@ class ServerError(RuntimeError):
 
 
 class OpenAIEngine(Engine):
-    name = "openai"
-
     def __init__(
         self,
         base_url: str,

@@ -12,8 +12,6 @@ from .base import Engine, SamplingParams, truncate_at_stop
 
 
 class TransformersEngine(Engine):
-    name = "transformers"
-
     def __init__(self, model, tokenizer, batch_size: int = 16, logits_budget: int = 2**28, progress: Optional[str] = None):
         self.model = model
         self.tokenizer = tokenizer

@@ -207,11 +207,10 @@ class Transformer:
         temperature: float = 0.0,
         max_new_tokens: Optional[int] = None,
         seed: int = 0,
-        guard: Optional[ContaminationGuard] = None,
     ):
         self.task, self.engine, self.cot = task, engine, cot
         self.temperature, self.max_new_tokens, self.seed = temperature, max_new_tokens, seed
-        self.guard = guard if guard is not None else ContaminationGuard.for_task(task)
+        self.guard = ContaminationGuard.for_task(task)
         self._demo_inputs = {normalize(e.input) for e in task.examples}
         self._demo_input_tokens = max(engine.count_tokens([e.input]) for e in task.examples)
         self._demo_output_tokens = max(engine.count_tokens([e.output]) for e in task.examples)
