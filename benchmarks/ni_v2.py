@@ -186,11 +186,9 @@ def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> tuple[fl
 def in_context(task: Task, spec: Path, args, model, tokenizer) -> tuple[float, list[str]]:
     from datasets import load_dataset
 
-    from selfguide.student import resolve_student
-
     # The same arguments as the recipe's synthesis call, so this is a cache hit on the self_guide data.
     knobs = {"num_examples": args.num_examples, "seed": args.seed, **json.loads(args.synthesis_kwargs)}
-    synthetic = load_dataset("selfguide", task=str(spec), model=resolve_student(None), **knobs)["train"]
+    synthetic = load_dataset("selfguide", task=str(spec), **knobs)["train"]
     rng = random.Random(args.seed)
     picked = rng.sample(range(len(synthetic)), min(args.in_context_rows, len(synthetic)))
     extra = [selfguide.Example(synthetic[i]["input"], synthetic[i]["output"]) for i in picked]

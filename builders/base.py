@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,9 +18,13 @@ import datasets
 from ..journal import Journal
 from ..prompts import format_completion, training_prompt
 from ..report import FilterReport
+from ..student import DEFAULT_STUDENT
 from ..task import Task, TaskSpecError
 
 logger = logging.getLogger(__name__)
+
+
+_BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
 
 
 class NoRowsError(RuntimeError):
@@ -46,12 +50,18 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
 
+    def cache_kwargs(self) -> dict:
+        """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
+        is one cache; the task by its content, not the path or object that carried it; and the default
+        student by one name however it was given (the recipe, the CLI and a bare load_dataset share it)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
+        kwargs["task"] = Task.load(self.task).fingerprint()
+        if kwargs["model"] in (None, ""):
+            kwargs["model"] = DEFAULT_STUDENT
+        return kwargs
+
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
-        # Key the cache on the task's content, not on the path or object that carried it.
-        kwargs = dict(config_kwargs)
-        if kwargs.get("task") is not None:
-            kwargs["task"] = Task.load(kwargs["task"]).fingerprint()
-        return super().create_config_id(kwargs, custom_features)
+        return super().create_config_id(self.cache_kwargs(), custom_features)
 
 
 class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):

@@ -59,12 +59,11 @@ class ReBaseConfig(TaskDatasetConfig):
         if isinstance(self.exclude_datasets, str):
             self.exclude_datasets = (self.exclude_datasets,)
 
-    def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
-        kwargs = {k: v for k, v in config_kwargs.items() if k not in _NOT_IN_CACHE_KEY}
-        if kwargs.get("datastore"):
-            # The datastore's content, not its path: a rebuilt datastore must not reuse old rows.
-            kwargs["datastore"] = Datastore.read_fingerprint(kwargs["datastore"])
-        return super().create_config_id(kwargs, custom_features)
+    def cache_kwargs(self) -> dict:
+        kwargs = {k: v for k, v in super().cache_kwargs().items() if k not in _NOT_IN_CACHE_KEY}
+        # The datastore's content, not its path: a rebuilt datastore must not reuse old rows.
+        kwargs["datastore"] = Datastore.read_fingerprint(self.datastore)
+        return kwargs
 
 
 class ReBase(TaskDatasetBuilder):

@@ -273,7 +273,7 @@ def _is_local(name: str) -> bool:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def load_data(data_args: DataArguments, task: Task, student: str, student_name: str):
+def load_data(data_args: DataArguments, task: Task, student_name: str, model_name_or_path: Optional[str]):
     """A DatasetDict, where it came from, and the synthesis settings (both for the cards)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
@@ -301,7 +301,10 @@ def load_data(data_args: DataArguments, task: Task, student: str, student_name: 
     import selfguide  # noqa: F401  (registers the builders with datasets)
 
     knobs = {"num_examples": data_args.num_examples, "seed": data_args.synthesis_seed, **(data_args.synthesis_kwargs or {})}
-    dataset = load_dataset(data_args.synthesis_method, task=task, model=data_args.synthesis_model or student, **knobs)
+    # The student as the user named it (None: the embedded default), so the synthesis cache is the one
+    # `selfguide generate` and a plain load_dataset use, not keyed on this machine's converted-model path.
+    model = data_args.synthesis_model or model_name_or_path
+    dataset = load_dataset(data_args.synthesis_method, task=task, model=model, **knobs)
     call = f"load_dataset({data_args.synthesis_method!r}, task={Path(data_args.task).name!r}, " + ", ".join(
         f"{k}={v!r}" for k, v in knobs.items()
     ) + ")"
@@ -469,7 +472,7 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
     student_name = model_args.model_name_or_path or DEFAULT_STUDENT
 
     with training_args.main_process_first(desc="building the dataset"):
-        dataset, source, settings = load_data(data_args, task, student, student_name)
+        dataset, source, settings = load_data(data_args, task, student_name, model_args.model_name_or_path)
     train, test = training_splits(dataset, data_args)
     if data_args.train_prompt == FEW_SHOT:
         train = with_fewshot_prompts(train, task, training_args.seed)

@@ -14,6 +14,7 @@ import yaml
 from selfguide import Task
 from selfguide.metrics import extract_label, most_frequent_answer
 from selfguide.quantization import MissingBitsandbytesError
+from selfguide.builders.base import NoRowsError
 from selfguide.recipes.sft import RecipeError, build, parse_args, run
 from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
 
@@ -279,6 +280,25 @@ def test_a_generation_task_selects_checkpoints_by_rouge_under_a_classification_c
 def test_shipped_configs_parse(config, task_file):
     data_args, training_args, model_args = parse_args(["--config", str(config), "--task", str(task_file)])
     assert model_args.finetuning == "qlora" and training_args.output_dir
+
+
+@pytest.mark.slow
+def test_the_recipe_synthesizes_into_the_cache_a_plain_load_dataset_reads(task_file, tmp_path, monkeypatch):
+    """On the embedded default the recipe names the student as the user did, not by its converted folder."""
+    import datasets
+
+    import selfguide  # noqa: F401  (registers the builders)
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    knobs = {"max_rounds": 1, "annotation_samples": 2, "input_max_new_tokens": 24, "output_max_new_tokens": 4}
+    args = ["--task", str(task_file), "--output_dir", str(tmp_path / "out"), "--num_examples", "2", "--finetuning", "lora",
+            "--synthesis_kwargs", json.dumps(knobs), "--report_to", "none", "--eval_baseline", "false"]
+    try:
+        synthesized = build(*parse_args(args)).dataset
+    except NoRowsError:
+        pytest.skip("the student kept no row in one round; the cache key is what this test is about")
+    plain = datasets.load_dataset("selfguide", task=str(task_file), num_examples=2, **knobs)
+    assert plain["train"].cache_files == synthesized["train"].cache_files
 
 
 @pytest.mark.slow

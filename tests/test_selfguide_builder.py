@@ -78,6 +78,20 @@ def test_task_content_not_path_is_the_cache_key(tmp_path, tiny_model_dir):
     assert a["train"].cache_files == b["train"].cache_files
 
 
+def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
+    from selfguide.builders.selfguide import SelfGuideConfig
+    from selfguide.student import DEFAULT_STUDENT
+
+    task = str(FIXTURES / "rewrite_task.json")
+
+    def config_id(**kwargs):
+        return SelfGuideConfig(task=task, **kwargs).create_config_id(dict(kwargs, task=task))
+
+    same = {config_id(), config_id(seed=0), config_id(model=None), config_id(model=DEFAULT_STUDENT), config_id(top_k=40)}
+    assert len(same) == 1
+    assert config_id(seed=1) not in same and config_id(model="some/other-model") not in same
+
+
 def test_cache_key_covers_the_code_a_builder_runs_and_nothing_else():
     from selfguide.registry import _imported_files
 
