@@ -29,9 +29,9 @@ def test_small_datastore_to_transformed_rows_with_the_real_models(tmp_path):
     # The real embedder ranks the reviews above the recipes, and the task's own source is kept out.
     assert report["retrieve"]["out"] == 3 and report["retrieve"]["dropped"]["own_eval_source"] == 3
     transform = report["transform"]
-    assert transform["in"] == 3 and transform["out"] + sum(transform["dropped"].values()) == 3
+    assert transform["in"] == 3
     train = ds["train"]
-    assert 1 <= len(train) <= 2
+    assert len(train) == min(2, transform["out"]) >= 1  # every row the rewrite kept, up to the rows asked for
     for row in train:
         assert row["source_dataset"] == "imdb_small" and row["source_row_id"] in reviews
         assert row["output"] in task.labels and row["input"].strip()

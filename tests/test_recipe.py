@@ -119,7 +119,8 @@ def test_the_lm_head_projects_only_labelled_positions_with_the_same_loss(task_fi
 
 def test_evaluation_during_qlora_training_leaves_the_gradients_intact(task_file, dataset_dir, qlora_model_dir, tmp_path):
     # bitsandbytes repacks 4-bit weights for a backward-less CPU kernel on the first eval-mode pass
-    # (AVX512-BF16 CPUs); the recipe's model must keep training correctly after evaluations.
+    # (AVX512-BF16 CPUs); the recipe's model must keep training correctly after evaluations. Elsewhere
+    # this checks only that an evaluation (loss and generations) leaves the trainable model as it was.
     argv = recipe_args(task_file, dataset_dir, qlora_model_dir, tmp_path / "out", eval_strategy="steps", lora_dropout=0.0)
     trainer = build(*parse_args(argv)).trainer
     model = trainer.model

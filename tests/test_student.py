@@ -20,8 +20,12 @@ def test_bad_model_paths_say_what_to_do(tmp_path):
 
 
 def test_dtype_resolution():
-    assert resolve_dtype("float32") is torch.float32
-    assert resolve_dtype("auto") in (torch.float32, torch.bfloat16, torch.float16)
+    assert resolve_dtype("float32") is torch.float32 and resolve_dtype("bfloat16") is torch.bfloat16
+    if not torch.cuda.is_available():
+        # bf16 matmuls cost QLoRA 22x on an AVX2 CPU (qlora_compute_dtype.md): a CPU gets float32.
+        assert resolve_dtype("auto") is torch.float32
+    else:
+        assert resolve_dtype("auto") is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
 _CONVERT = "from selfguide.student import resolve_student; print(resolve_student(None))"

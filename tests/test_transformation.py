@@ -1,6 +1,7 @@
 """ReBase transformation: the prompt, JSON parsing and repair, validation, and accounting."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -185,8 +186,12 @@ def test_a_random_model_never_crashes_the_stage(sentiment, tiny_model_dir):
     engine = TransformersEngine.from_pretrained(str(tiny_model_dir), dtype="float32", batch_size=4)
     transformer = Transformer(sentiment, engine, max_new_tokens=24)
     outcomes = transformer.transform([{"text": "A fine film.", "label": "pos"}, {"text": "Awful.", "label": "neg"}])
-    assert len(outcomes) == 2 and all(o.raw.startswith(ANSWER_PREFIX) for o in outcomes)
+    assert len(outcomes) == 2
+    # Whatever a random model writes becomes a status the report can count, never an exception.
+    known = {"ok", "malformed_json", "missing_field", "empty_field", "label_not_in_set", "copied_demo", "gold_overlap"}
+    assert {o.status for o in outcomes} <= known
     report = FilterReport()
     record(outcomes, report)
     stage = report.to_dict()["transform"]
-    assert stage["in"] == 2 and stage["out"] + sum(stage["dropped"].values()) == 2
+    assert stage["out"] == sum(o.status == "ok" for o in outcomes)
+    assert stage["dropped"] == {s: n for s, n in Counter(o.status for o in outcomes).items() if s != "ok"}
