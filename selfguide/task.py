@@ -106,6 +106,10 @@ class Task:
                         f"label_aliases.{label}", f"alias {name!r} already names {taken!r}", "give each alias to one label only", src
                     )
 
+    def named_labels(self) -> list[str]:
+        """Each label with its aliases, as prompts and cards show them: `E (entailment)`."""
+        return [f"{label} ({', '.join(self.label_aliases[label])})" if label in self.label_aliases else label for label in self.labels or []]
+
     def label_of(self, answer: str) -> Optional[str]:
         """The label `answer` is, by name or alias, up to normalisation; None for any other text."""
         return match_label(answer, self.labels or [], self.label_aliases)

@@ -16,6 +16,7 @@ from selfguide.hub_cards import (
     validate_model_card,
 )
 
+from tests.conftest import letter_labelled
 from tests.sft_helpers import task_rows
 
 
@@ -96,6 +97,13 @@ def test_model_card_body_states_data_training_and_scores(task, report, scores):
     assert "| learning_rate | 0.0002 |" in text
     assert "PeftModel.from_pretrained(model, 'tester/sentiment-qlora')" in text
     assert "Intended use and limits" in text
+    assert "(labels: positive, negative)" in text
+
+
+def test_a_card_names_letter_labels_by_their_aliases(sentiment_task_dict, report, scores):
+    task = Task.load(letter_labelled(sentiment_task_dict))
+    text = str(render_model_card(_info(task, report), scores, {"steps": 24}))
+    assert "(labels: P (positive), N (negative, bad))" in text
 
 
 def test_a_classification_card_shows_each_models_most_frequent_answer(task, report, scores):

@@ -55,8 +55,7 @@ def transformation_prompt(task: Task, content: dict, cot: bool = False) -> str:
     demos = "\n".join(_example(e.input, e.output) for e in task.examples)
     rules = ["Take the content from the record, and follow the format and style of the examples."]
     if task.is_classification:
-        named = [f"{label} ({', '.join(task.label_aliases[label])})" if label in task.label_aliases else label for label in task.labels]
-        rules.append(f"The answer must be one of: {', '.join(named)}.")
+        rules.append(f"The answer must be one of: {', '.join(task.named_labels())}.")
     if cot:
         rules.append('In "output", reason step by step, then end with "So the answer is <answer>."')
     # One worked rewrite, made from the first demo, shows the pattern (record in, example out) that
