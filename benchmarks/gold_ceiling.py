@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import ni_v2
-from common import SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
+from common import RESULTS, SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 from selfguide import Task
 from selfguide.metrics import most_frequent_answer
@@ -104,7 +104,7 @@ def main() -> None:
         mine = record_settings(args)
         return {(r["task"], r["rows"], r["steps"]): r for r in read_records(records_file) if r["settings"] == mine}
 
-    start = time.perf_counter()
+    start, trained = time.perf_counter(), False
     paths = [next((SHARED_DATA / "ni" / "tasks").glob(f"{n}_*.json")) for n in args.tasks]
     for path in paths:
         for rows, steps in settings:
@@ -113,6 +113,15 @@ def main() -> None:
             record = train_and_score(path, rows, steps, args, work)
             append_record(records_file, record)
             print(json.dumps(record), flush=True)
+            trained = True
+    previous = RESULTS / f"{args.name}.json"
+    if not trained and previous.exists():
+        # Only rewriting the table from finished records: keep how they were made, not this call's moment.
+        recorded = json.loads(previous.read_text())
+        args.note = args.note or recorded["settings"].get("note", "")
+        start_wall, ran_on = recorded["wall_s"], recorded["machine"]
+    else:
+        start_wall, ran_on = None, machine()
 
     records = done()
     table = []
@@ -139,8 +148,9 @@ def main() -> None:
         f"`{records_file.name}`, so split or resumed calls add up).\n"
         + (f"\n{args.note}\n" if args.note else "")
     )
+    wall_s = start_wall if start_wall is not None else time.perf_counter() - start
     write_results(args.name, {"settings": vars(args), "command": command, "results": list(records.values()),
-                              "wall_s": time.perf_counter() - start, "machine": machine()}, md)
+                              "wall_s": wall_s, "machine": ran_on}, md)
 
 
 if __name__ == "__main__":
