@@ -51,6 +51,7 @@ class DataSummary:
     test_rows: int = 0
     report: Optional[FilterReport] = None
     hub_id: Optional[str] = None
+    hub_has_gold: bool = False  # whether the pushed dataset holds the gold rows as its `test` split
     settings: dict = field(default_factory=dict)
 
     @classmethod
@@ -173,7 +174,8 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         pipeline_tag="text-generation",
         tags=tags,
         model_name=info.model_name,
-        eval_results=eval_results(task, scores, info.data.hub_id) or None,
+        # The scores' dataset is the pushed one only where its `test` split holds the rows they were made on.
+        eval_results=eval_results(task, scores, info.data.hub_id if info.data.hub_has_gold else None) or None,
     )
     kind = "A LoRA adapter" if info.adapter else "A finetuned model"
     base_line = f"`{info.base_model_id}`" if info.base_model_id else f"`{info.base_model}` (local)"

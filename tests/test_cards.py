@@ -86,6 +86,12 @@ def test_model_card_metadata_round_trips_through_the_hub_parser(task, report, sc
         ("finetuned-zero-shot", 75.0),
     ]
     assert all(r.task_type == "text-classification" and r.metric_type == "exact_match" and r.dataset_split == "test" for r in results)
+    # The pushed training data holds no gold rows here, so the scores name the task's rows, not that repo.
+    assert {r.dataset_type for r in results} == {task.name}
+    with_gold = _info(task, report)
+    with_gold.data.hub_has_gold = True
+    _, results = model_index_to_eval_results(ModelCard(str(render_model_card(with_gold, scores, {}))).data.to_dict()["model-index"])
+    assert {r.dataset_type for r in results} == {"tester/sentiment-data"}
 
 
 def test_model_card_body_states_data_training_and_scores(task, report, scores):
