@@ -107,8 +107,9 @@ def worker(variant: str, recipe_argv: list[str], out: Path) -> None:
         trainer = build(data_args, training_args, model_args).trainer
     else:
         student = resolve_student(model_args.model_name_or_path)
-        dataset, _, _ = load_data(data_args, Task.load(data_args.task), student, student)
-        train, test = training_splits(dataset, data_args)
+        task = Task.load(data_args.task)
+        dataset, _, _ = load_data(data_args, task, student, model_args.model_name_or_path)
+        train, test = training_splits(dataset, data_args, task)
         model, tokenizer, peft_config, _ = load_model(model_args, student, training_args)
         trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
                              processing_class=tokenizer, peft_config=peft_config)

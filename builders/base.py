@@ -16,7 +16,7 @@ from typing import Any, Optional
 import datasets
 
 from ..journal import Journal
-from ..prompts import format_completion, training_prompt
+from ..prompts import prompt_completion
 from ..report import FilterReport
 from ..student import DEFAULT_STUDENT
 from ..task import Task, TaskSpecError
@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 _BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
+
+
+def _canonical(knob, value):
+    """One spelling per value: JSON and YAML give 2 for 2.0 and lists for tuples."""
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(knob.type):
+        return float(value)
+    return tuple(value) if isinstance(value, list) else value
 
 
 class NoRowsError(RuntimeError):
@@ -54,7 +61,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
         is one cache; the task by its content, not the path or object that carried it; and the default
         student by one name however it was given (the recipe, the CLI and a bare load_dataset share it)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
+        kwargs = {f.name: _canonical(f, getattr(self, f.name)) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
         kwargs["task"] = Task.load(self.task).fingerprint()
         if kwargs["model"] in (None, ""):
             kwargs["model"] = DEFAULT_STUDENT
@@ -113,8 +120,7 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
 
     def _row(self, row: dict) -> dict:
         out = dict(row)
-        out["prompt"] = training_prompt(self.task, row["input"])
-        out["completion"] = format_completion(row.get("completion_text", row["output"]))
+        out.update(prompt_completion(self.task, row["input"], row.get("completion_text", row["output"])))
         out.pop("completion_text", None)
         if self.task.is_classification:
             out["label"] = self.task.labels.index(row["output"])

@@ -35,7 +35,7 @@ from selfguide.evaluation import FEW_SHOT, PREDICTIONS_FILE, ZERO_SHOT, TaskScor
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
 from selfguide.hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, DataSummary, ModelCardInfo
 from selfguide.metrics import metric_name
-from selfguide.prompts import row_fewshot_prompt
+from selfguide.prompts import prompt_completion, row_fewshot_prompt
 from selfguide.quantization import (
     MissingBitsandbytesError,
     keep_4bit_trainable,
@@ -300,22 +300,28 @@ def load_data(data_args: DataArguments, task: Task, student_name: str, model_nam
 
     import selfguide  # noqa: F401  (registers the builders with datasets)
 
-    knobs = {"num_examples": data_args.num_examples, "seed": data_args.synthesis_seed, **(data_args.synthesis_kwargs or {})}
-    # The student as the user named it (None: the embedded default), so the synthesis cache is the one
-    # `selfguide generate` and a plain load_dataset use, not keyed on this machine's converted-model path.
-    model = data_args.synthesis_model or model_name_or_path
-    dataset = load_dataset(data_args.synthesis_method, task=task, model=model, **knobs)
+    arguments = synthesis_arguments(data_args, task, model_name_or_path)
+    dataset = load_dataset(data_args.synthesis_method, **arguments)
+    knobs = {k: v for k, v in arguments.items() if k not in ("task", "model")}
     call = f"load_dataset({data_args.synthesis_method!r}, task={Path(data_args.task).name!r}, " + ", ".join(
         f"{k}={v!r}" for k, v in knobs.items()
     ) + ")"
     return dataset, call, {"synthesis model": data_args.synthesis_model or student_name, **knobs}
 
 
+def synthesis_arguments(data_args: DataArguments, task: Task, model_name_or_path: Optional[str]) -> dict:
+    """The builder's arguments. The model goes as the user named it (None: the embedded default), so the
+    cache is the one `selfguide generate` and a plain load_dataset use, not keyed on this machine's
+    converted-model path."""
+    knobs = {"num_examples": data_args.num_examples, "seed": data_args.synthesis_seed, **(data_args.synthesis_kwargs or {})}
+    return {"task": task, "model": data_args.synthesis_model or model_name_or_path, **knobs}
+
+
 def _empty_split_message(split: str) -> str:
     return f"the training split {split!r} is empty. Fix: synthesize more rows (num_examples, max_rounds) or pick another split"
 
 
-def training_splits(dataset, data_args: DataArguments):
+def training_splits(dataset, data_args: DataArguments, task: Task):
     split = data_args.dataset_train_split
     if split not in dataset:
         raise RecipeError(f"dataset_train_split: the dataset has no split {split!r}, only {list(dataset)}. Fix: name one of them")
@@ -328,6 +334,11 @@ def training_splits(dataset, data_args: DataArguments):
             "(prompt+completion, messages, text). Fix: build it with load_dataset('selfguide', ...)"
         )
     test = dataset.get(data_args.dataset_test_split)
+    if (test is None or not test.num_rows) and task.gold:
+        # A dataset saved or pushed without its gold rows (the default: they stay off the Hub): the task has them.
+        from datasets import Dataset
+
+        test = Dataset.from_list([{"input": g.input, "output": g.output, **prompt_completion(task, g.input, g.output)} for g in task.gold])
     return train, test if test is not None and test.num_rows else None
 
 
@@ -473,7 +484,7 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
 
     with training_args.main_process_first(desc="building the dataset"):
         dataset, source, settings = load_data(data_args, task, student_name, model_args.model_name_or_path)
-    train, test = training_splits(dataset, data_args)
+    train, test = training_splits(dataset, data_args, task)
     if data_args.train_prompt == FEW_SHOT:
         train = with_fewshot_prompts(train, task, training_args.seed)
         test = with_fewshot_prompts(test, task, training_args.seed) if test is not None else None
@@ -536,6 +547,7 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
             )
             pushed["dataset"] = result.commit_url
             info.data.hub_id = result.repo_id  # the model card links the dataset it was trained on
+            info.data.hub_has_gold = data_args.push_gold_rows
         run.card_callback.write(output_dir, training_args, trainer.state)
         if run.push:
             pushed["model"] = push_adapter(output_dir, repo_id, private=training_args.hub_private_repo).commit_url

@@ -43,6 +43,11 @@ def row_fewshot_prompt(task: Task, input_text: str, seed: int, index: int) -> st
     return fewshot_prompt(task, input_text, random.Random(f"{seed}:{index}"))
 
 
+def prompt_completion(task: Task, input_text: str, output: str) -> dict:
+    """A row in TRL's prompt-completion format, with the zero-shot training prompt."""
+    return {"prompt": training_prompt(task, input_text), "completion": format_completion(output)}
+
+
 def training_prompt(task: Task, input_text: str) -> str:
     """Zero-shot prompt, the default for finetuning and scoring the finetuned model: short keeps steps cheap
     (`row_fewshot_prompt` is the few-shot alternative)."""

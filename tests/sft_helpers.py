@@ -29,12 +29,9 @@ def qlora_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 def task_rows(task, examples) -> list[dict]:
     """Rows shaped like the selfguide builder's: input, output, prompt, completion."""
-    from selfguide.prompts import format_completion, training_prompt
+    from selfguide.prompts import prompt_completion
 
-    return [
-        {"input": e.input, "output": e.output, "prompt": training_prompt(task, e.input), "completion": format_completion(e.output)}
-        for e in examples
-    ]
+    return [{"input": e.input, "output": e.output, **prompt_completion(task, e.input, e.output)} for e in examples]
 
 
 COLUMNS = ("input", "output", "prompt", "completion")

@@ -14,7 +14,6 @@ import yaml
 from selfguide import Task
 from selfguide.metrics import extract_label, most_frequent_answer
 from selfguide.quantization import MissingBitsandbytesError
-from selfguide.builders.base import NoRowsError
 from selfguide.recipes.sft import RecipeError, build, parse_args, run
 from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
 
@@ -262,6 +261,15 @@ def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewr
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dataset_without_its_gold_split_is_evaluated_on_the_tasks_gold_rows(task_file, task, tiny_model_dir, tmp_path):
+    """As the recipe saves and pushes its data by default: the gold rows stay off the Hub."""
+    data = save_task_dataset(task, tmp_path / "data", task.examples * 4)
+    run_ = build(*parse_args(recipe_args(task_file, data, tiny_model_dir, tmp_path / "out", finetuning="lora", eval_strategy="steps")))
+    assert run_.trainer.eval_dataset["output"] == [g.output for g in task.gold]
+    metrics = run_.trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+
+
 def test_a_generation_task_selects_checkpoints_by_rouge_under_a_classification_config(tiny_model_dir, tmp_path, rewrite_task_dict):
     """The shipped qlora.yaml names exact_match, which a generation task never logs."""
     task_file = tmp_path / "rewrite.json"
@@ -283,23 +291,18 @@ def test_shipped_configs_parse(config, task_file):
     assert model_args.finetuning == "qlora" and training_args.output_dir
 
 
-@pytest.mark.slow
-def test_the_recipe_synthesizes_into_the_cache_a_plain_load_dataset_reads(task_file, tmp_path, monkeypatch):
+def test_the_recipe_synthesizes_into_the_cache_a_plain_load_dataset_reads(task_file):
     """On the embedded default the recipe names the student as the user did, not by its converted folder."""
-    import datasets
+    from datasets import load_dataset_builder
 
     import selfguide  # noqa: F401  (registers the builders)
+    from selfguide.recipes.sft import synthesis_arguments
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    knobs = {"max_rounds": 1, "annotation_samples": 2, "input_max_new_tokens": 24, "output_max_new_tokens": 4}
-    args = ["--task", str(task_file), "--output_dir", str(tmp_path / "out"), "--num_examples", "2", "--finetuning", "lora",
-            "--synthesis_kwargs", json.dumps(knobs), "--report_to", "none", "--eval_baseline", "false"]
-    try:
-        synthesized = build(*parse_args(args)).dataset
-    except NoRowsError:
-        pytest.skip("the student kept no row in one round; the cache key is what this test is about")
-    plain = datasets.load_dataset("selfguide", task=str(task_file), num_examples=2, **knobs)
-    assert plain["train"].cache_files == synthesized["train"].cache_files
+    data_args, _, model_args = parse_args(["--task", str(task_file), "--num_examples", "8", "--synthesis_kwargs", '{"oversample": 3}'])
+    recipe = load_dataset_builder("selfguide", **synthesis_arguments(data_args, Task.load(task_file), model_args.model_name_or_path))
+    plain = load_dataset_builder("selfguide", task=str(task_file), num_examples=8, oversample=3.0)
+    assert recipe.cache_dir == plain.cache_dir
+    assert load_dataset_builder("selfguide", task=str(task_file), num_examples=9, oversample=3.0).cache_dir != plain.cache_dir
 
 
 @pytest.mark.slow

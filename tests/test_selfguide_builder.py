@@ -87,7 +87,8 @@ def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
     def config_id(**kwargs):
         return SelfGuideConfig(task=task, **kwargs).create_config_id(dict(kwargs, task=task))
 
-    same = {config_id(), config_id(seed=0), config_id(model=None), config_id(model=DEFAULT_STUDENT), config_id(top_k=40)}
+    same = {config_id(), config_id(seed=0), config_id(model=None), config_id(model=DEFAULT_STUDENT), config_id(top_k=40),
+            config_id(oversample=2), config_id(extra_noise_patterns=[])}  # as JSON or YAML spell 2.0 and ()
     assert len(same) == 1
     assert config_id(seed=1) not in same and config_id(model="some/other-model") not in same
 
