@@ -95,11 +95,16 @@ class Task:
             return
         if not self.is_classification:
             raise TaskSpecError("label_aliases", "is set for a generation task", "drop 'label_aliases' or set type: classification", src)
+        # A single alias may be given bare, in a spec or to the constructor.
+        self.label_aliases = {label: [names] if isinstance(names, str) else list(names) for label, names in self.label_aliases.items()}
         owner = {normalize(label): label for label in self.labels}
         for label, names in self.label_aliases.items():
             if label not in self.labels:
                 raise TaskSpecError(f"label_aliases.{label}", f"names no label of {self.labels}", "key each alias list by one of the labels", src)
             for name in names:
+                if not normalize(name):
+                    # Normalised away entirely ("the", "?"), it would match every empty answer.
+                    raise TaskSpecError(f"label_aliases.{label}", f"alias {name!r} has no word in it", "give words, e.g. [entailment]", src)
                 taken = owner.setdefault(normalize(name), label)
                 if taken != label:
                     raise TaskSpecError(
@@ -111,12 +116,14 @@ class Task:
         return [f"{label} ({', '.join(self.label_aliases[label])})" if label in self.label_aliases else label for label in self.labels or []]
 
     def label_of(self, answer: str) -> Optional[str]:
-        """The label `answer` is, by name or alias, up to normalisation; None for any other text."""
-        return match_label(answer, self.labels or [], self.label_aliases)
+        """The label `answer` is, by name, alias or the named form prompts show (`E (entailment)`), up to
+        normalisation; None for any other text."""
+        named = {label: [shown] for label, shown in zip(self.labels or [], self.named_labels())}
+        return match_label(answer, self.labels or [], self.label_aliases) or match_label(answer, [], named)
 
     def fingerprint(self) -> str:
         """Content hash: the cache key of everything derived from this task."""
-        # Without aliases the payload is the one tasks had before the field existed, so caches keep.
+        # Without aliases a task hashes as it did before the field existed.
         fields = {k: v for k, v in asdict(self).items() if k != "source" and not (k == "label_aliases" and not v)}
         payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

@@ -50,13 +50,15 @@ def test_fingerprint_follows_content_not_path(tmp_path, sentiment_task_dict):
 def test_label_aliases_read_as_their_label_and_survive_a_round_trip(sentiment_task_dict):
     task = Task.load(letter_labelled(sentiment_task_dict))
     assert task.label_aliases == {"P": ["positive"], "N": ["negative", "bad"]}
-    assert [task.label_of(a) for a in ("Positive.", "bad", "N", "neutral")] == ["P", "N", "N", None]
+    assert [task.label_of(a) for a in ("Positive.", "bad", "N", "neutral", "")] == ["P", "N", "N", None, None]
+    assert task.label_of("P (positive)") == "P"  # the named form the ReBase rewriter is shown, copied back
+    assert Task(**{**task.__dict__, "label_aliases": {"P": "positive"}}).named_labels() == ["P (positive)", "N"]
     again = Task.load(task.to_dict())
     assert again.label_aliases == task.label_aliases and again.fingerprint() == task.fingerprint()
 
 
 def test_a_task_without_aliases_keeps_the_fingerprint_it_had_before_the_field(sentiment_task_dict):
-    # Pinned: synthesis caches and benchmark records made before label_aliases existed key on it.
+    # Pinned: a task without aliases hashes as it did before the field existed.
     assert Task.load(FIXTURES / "sentiment_task.json").fingerprint() == "a077444afb6808a0"
     with_aliases = dict(sentiment_task_dict, label_aliases={"positive": ["good"]})
     assert Task.load(with_aliases).fingerprint() != "a077444afb6808a0"
@@ -69,6 +71,7 @@ def test_a_task_without_aliases_keeps_the_fingerprint_it_had_before_the_field(se
         ({"P": ["good"], "N": ["Good!"]}, "label_aliases.N"),  # one alias, two labels
         ({"N": ["P"]}, "label_aliases.N"),  # an alias that is another label
         ({"P": []}, "label_aliases.P"),
+        ({"P": ["the"]}, "label_aliases.P"),  # normalised to nothing
         (["positive"], "label_aliases"),
     ],
 )

@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
+from datasets.utils import tqdm
 
 from .base import Engine, SamplingParams, truncate_at_stop
 
