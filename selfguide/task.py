@@ -91,14 +91,18 @@ class Task:
 
     def _validate_aliases(self) -> None:
         src = self.source
+        if not isinstance(self.label_aliases, dict):
+            raise TaskSpecError("label_aliases", "is not a mapping", "write e.g. label_aliases: {E: [entailment]}", src)
         if not self.label_aliases:
             return
         if not self.is_classification:
             raise TaskSpecError("label_aliases", "is set for a generation task", "drop 'label_aliases' or set type: classification", src)
-        # A single alias may be given bare, in a spec or to the constructor.
-        self.label_aliases = {label: [names] if isinstance(names, str) else list(names) for label, names in self.label_aliases.items()}
+        # A single alias may be given bare; YAML reads a digit label as a number.
+        self.label_aliases = {str(label): [names] if isinstance(names, str) else names for label, names in self.label_aliases.items()}
         owner = {normalize(label): label for label in self.labels}
         for label, names in self.label_aliases.items():
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise TaskSpecError(f"label_aliases.{label}", "must be a non-empty string or list of them", f"write e.g. {label}: [entailment]", src)
             if label not in self.labels:
                 raise TaskSpecError(f"label_aliases.{label}", f"names no label of {self.labels}", "key each alias list by one of the labels", src)
             for name in names:
@@ -118,8 +122,9 @@ class Task:
     def label_of(self, answer: str) -> Optional[str]:
         """The label `answer` is, by name, alias or the named form prompts show (`E (entailment)`), up to
         normalisation; None for any other text."""
-        named = {label: [shown] for label, shown in zip(self.labels or [], self.named_labels())}
-        return match_label(answer, self.labels or [], self.label_aliases) or match_label(answer, [], named)
+        labels = self.labels or []
+        names = {label: [*self.label_aliases.get(label, []), shown] for label, shown in zip(labels, self.named_labels())}
+        return match_label(answer, labels, names)
 
     def fingerprint(self) -> str:
         """Content hash: the cache key of everything derived from this task."""
@@ -193,7 +198,6 @@ class Task:
         task_type = data.get("type") or infer_type(examples, gold, labels)
         if task_type == "classification" and not labels:
             labels = _label_set(examples, gold)
-        aliases = _label_aliases(data.get("label_aliases"), source)
         return cls(
             name=str(data.get("name") or name or "task"),
             instruction=(instruction or "").strip() if isinstance(instruction, str) else instruction,
@@ -202,7 +206,7 @@ class Task:
             labels=labels,
             gold=gold,
             source=source,
-            label_aliases=aliases,
+            label_aliases={} if data.get("label_aliases") is None else data["label_aliases"],
         )
 
     @classmethod
@@ -235,21 +239,6 @@ def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]
             if key not in item or item[key] is None:
                 raise TaskSpecError(f"{field_name}[{i}].{key}", "is missing", f"add the '{key}' text", source)
         out.append(Example(str(item["input"]), str(item["output"])))
-    return out
-
-
-def _label_aliases(raw: Any, source: Optional[str]) -> dict[str, list[str]]:
-    """`{label: alias or [aliases]}` from a spec, each alias a non-empty string."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise TaskSpecError("label_aliases", "is not a mapping", "write e.g. label_aliases: {E: [entailment]}", source)
-    out = {}
-    for label, names in raw.items():
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise TaskSpecError(f"label_aliases.{label}", "must be a non-empty string or list of them", f"write e.g. {label}: [entailment]", source)
-        out[str(label)] = names
     return out
 
 
