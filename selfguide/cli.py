@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .builders.base import NoRowsError
-from .commands import add_demo_parser, add_evaluate_parser
+from .commands import add_datastore_parser, add_demo_parser, add_evaluate_parser
 from .engines import ServerError
 from .task import TaskSpecError
 
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--set", type=_knob, action="append", default=[], metavar="KEY=VALUE", help="any builder config knob, e.g. --set max_rounds=5")
     gen.set_defaults(func=generate)
     add_evaluate_parser(sub)
+    add_datastore_parser(sub)
     add_demo_parser(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""The `selfguide evaluate` and `selfguide demo` subcommands; cli.py attaches them to its parser."""
+"""The `selfguide evaluate`, `datastore` and `demo` subcommands; cli.py attaches them to its parser."""
 
 from __future__ import annotations
 
@@ -74,6 +74,45 @@ def run_evaluate(args) -> int:
         rows = [{"model": s.model, "prompt": s.prompt, "metric": s.metric, "value": s.value, "rows": s.num_rows,
                  "predictions": s.predictions} for s in scores]
         Path(args.json_path).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+# -- datastore ------------------------------------------------------------------------------------
+
+
+def add_datastore_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "datastore",
+        help="build a ReBase datastore from Hub datasets and local files",
+        description="Reads every source (Hub ids, JSONL/CSV/Parquet files), keeps each row with its provenance, "
+        "embeds the rows and saves them with a FAISS index: the --datastore of `selfguide generate --method rebase`. "
+        "Rerunning resumes an interrupted build, and reuses a finished one built from the same sources.",
+    )
+    p.add_argument("sources", nargs="+", help="Hub dataset ids or local .jsonl/.json/.csv/.parquet files")
+    p.add_argument("--output-dir", required=True, help="the datastore folder")
+    p.add_argument("--max-rows-per-config", type=int, default=1000,
+                   help="evenly spaced rows kept per (dataset, config), so one big dataset cannot crowd out the rest; 0 keeps every row")
+    p.add_argument("--embedder", default=None, help="sentence-transformers model (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--index-factory", default=None, help='FAISS factory string over inner product (default "HNSW32"; "Flat" is exact)')
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a datastore of other sources")
+    p.set_defaults(func=run_datastore)
+    return p
+
+
+def run_datastore(args) -> int:
+    from .rebase import DatastoreError, build_datastore
+
+    kwargs = {"index_factory": args.index_factory} if args.index_factory else {}
+    try:
+        store = build_datastore(
+            args.sources, args.output_dir, max_rows_per_config=args.max_rows_per_config or None,
+            embedder=args.embedder, overwrite=args.overwrite, **kwargs,
+        )
+    except DatastoreError as e:
+        return _report_input_error(e)
+    print(f"\n{store!r}")
+    for skip in store.meta["skipped"]:
+        print(f"skipped {' '.join(filter(None, (skip['source'], skip['config'])))}: {skip['reason']}")
     return 0
 
 

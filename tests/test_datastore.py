@@ -251,3 +251,30 @@ def test_same_sources_reuse_a_datastore_and_other_sources_need_overwrite(tmp_pat
     second = build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store", overwrite=True)
     assert second.fingerprint != first.fingerprint
     assert "Home cooking" in second.sources["description"][0]
+
+
+def test_the_datastore_command_builds_reuses_and_reports_bad_sources(tmp_path, capsys):
+    from selfguide.cli import main
+
+    target = tmp_path / "store"
+    argv = ["datastore", str(FIXTURES / "reviews.jsonl"), str(FIXTURES / "recipes.csv"), "--output-dir", str(target),
+            "--max-rows-per-config", "3", "--index-factory", "Flat"]
+    assert main(argv) == 0
+    store = Datastore.load(target)
+    assert store.meta["index_factory"] == "Flat"
+    per_dataset = {s["dataset"]: sum(r["dataset"] == s["dataset"] for r in store.rows) for s in store.sources}
+    assert per_dataset == {"imdb_small": 3, "movie_sentiment": 3, "recipes": 3}  # reviews.jsonl holds two
+    assert "Datastore(9 rows" in capsys.readouterr().out
+
+    assert main(argv) == 0  # same sources: reused as it is
+    assert Datastore.load(target).fingerprint == store.fingerprint
+
+    other = ["datastore", str(FIXTURES / "recipes.csv"), "--output-dir", str(target), "--index-factory", "Flat"]
+    assert main(other) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert Datastore.load(target).fingerprint == store.fingerprint  # the refused build left the store alone
+    assert main([*other, "--overwrite", "--max-rows-per-config", "0"]) == 0
+    assert len(Datastore.load(target)) == 6  # 0 keeps every row of recipes.csv
+
+    assert main(["datastore", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "other")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -484,7 +484,7 @@ def build_datastore(
             if (path / _MARKER).read_text().strip() == fingerprint:
                 return Datastore.load(path)
             if not overwrite:
-                raise DatastoreError(f"{path} already holds a datastore built from other sources. Fix: pass overwrite=True or another path")
+                raise DatastoreError(f"{path} already holds a datastore built from other sources. Fix: pass overwrite=True (`selfguide datastore --overwrite`) or another path")
         elif path.exists() and any(path.iterdir()) and not (path / _BUILD).exists() and not overwrite:
             raise DatastoreError(f"{path} exists, is not empty and is not a datastore. Fix: choose an empty or new folder")
         work = path / _BUILD
