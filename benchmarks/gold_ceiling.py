@@ -29,7 +29,7 @@ import ni_v2
 from common import RESULTS, SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
 
 from selfguide import Task
-from selfguide.metrics import most_frequent_answer
+from selfguide.metrics import answer_counts, most_frequent_answer
 from selfguide.prompts import format_completion, training_prompt
 
 
@@ -68,7 +68,7 @@ def train_and_score(path: Path, rows: int, steps: int, args, work: Path) -> dict
         "task": task.name, "rows": rows, "steps": steps, "settings": record_settings(args), "score": score.value,
         "majority": ni_v2.references(task)["majority_label"],
         "train_labels": dict(Counter(r["output"] for r in train)),
-        "predicted": dict(Counter(score.predictions)),
+        "predicted": dict(answer_counts(score.predictions, task.labels)),
         "top_predicted_share": most_frequent_answer(score.predictions, task.labels)[1],
         "seconds": time.perf_counter() - start,
     }

@@ -44,6 +44,11 @@ def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
     return best
 
 
+def answer_counts(predictions: Sequence[str], labels: Sequence[str]) -> Counter:
+    """How often each answer was given, read as exact match reads it (the label it names, else the text)."""
+    return Counter(extract_label(p, labels) or normalize(p) for p in predictions)
+
+
 def most_frequent_answer(predictions: Sequence[str], labels: Sequence[str]) -> tuple[str, float]:
     """The answer given most often, read as exact match reads it, and its share of the rows in percent.
 
@@ -52,8 +57,7 @@ def most_frequent_answer(predictions: Sequence[str], labels: Sequence[str]) -> t
     """
     if not predictions:
         raise ValueError("predictions: none given. Fix: pass the answers of at least one row")
-    answers = Counter(extract_label(p, labels) or normalize(p) for p in predictions)
-    answer, count = answers.most_common(1)[0]
+    answer, count = answer_counts(predictions, labels).most_common(1)[0]
     return answer, 100 * count / len(predictions)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from selfguide.metrics import exact_match, extract_label, most_frequent_answer, rouge_l, task_score
+from selfguide.metrics import answer_counts, exact_match, extract_label, most_frequent_answer, rouge_l, task_score
 
 
 def test_extract_label_takes_the_last_label_and_prefers_longer():
@@ -28,6 +28,7 @@ def test_most_frequent_answer_reads_answers_as_exact_match_does():
     labels = ["positive", "negative"]
     answers = ["Positive.", "I think it is positive", "negative", "No idea!"]
     assert most_frequent_answer(answers, labels) == ("positive", 50.0)
+    assert answer_counts(answers, labels) == {"positive": 2, "negative": 1, "no idea": 1}
     assert most_frequent_answer(["No idea!", "no idea", "negative"], labels) == ("no idea", 100 * 2 / 3)
     with pytest.raises(ValueError, match="predictions"):
         most_frequent_answer([], labels)
