@@ -7,6 +7,7 @@ SFTTrainer reads, and stores the filter report in the dataset's description.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from dataclasses import dataclass, fields
@@ -56,6 +57,10 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         for knob in ("num_examples", "batch_size"):
             if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
+        for knob in fields(self):
+            # A bare string for a list knob would otherwise be iterated character by character.
+            if knob.type in ("tuple", tuple) and isinstance(getattr(self, knob.name), str):
+                setattr(self, knob.name, (getattr(self, knob.name),))
 
     def cache_kwargs(self) -> dict:
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
@@ -90,6 +95,19 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
         raise NotImplementedError
 
     # -- the shared machinery --------------------------------------------------------------------
+
+    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
+        # The dataclass would raise a bare TypeError ("unexpected keyword argument") for a misspelt knob.
+        known = {f.name for f in fields(self.BUILDER_CONFIG_CLASS)}
+        unknown = sorted(set(config_kwargs) - known)
+        if unknown:
+            knobs = sorted(known - _BUILDER_CONFIG_FIELDS)
+            problems = []
+            for name in unknown:
+                near = difflib.get_close_matches(name, knobs, n=1)
+                problems.append(f"{name}: no such knob of {self.name}" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            raise ValueError("; ".join(problems) + f". Fix: correct or remove it; the knobs are {', '.join(knobs)}")
+        return super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
 
     @property
     def task(self) -> Task:

@@ -56,8 +56,6 @@ class ReBaseConfig(TaskDatasetConfig):
             raise ValueError(f"retrieve_factor: must be at least 1, got {self.retrieve_factor}")
         if self.candidates < 1:
             raise ValueError(f"candidates: nearest texts fetched per demo, must be at least 1, got {self.candidates}")
-        if isinstance(self.exclude_datasets, str):
-            self.exclude_datasets = (self.exclude_datasets,)
 
     def cache_kwargs(self) -> dict:
         kwargs = {k: v for k, v in super().cache_kwargs().items() if k not in _NOT_IN_CACHE_KEY}

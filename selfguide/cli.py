@@ -22,6 +22,11 @@ def _knob(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value)
 
 
+# Knobs that have their own flag: a --set of one would clash with, or silently override, the flag.
+_FLAGGED_KNOBS = {"task": "the TASK argument", "num_examples": "--num-examples", "seed": "--seed", "model": "--model",
+                  "datastore": "--datastore", "base_url": "--base-url", "cache_dir": "--cache-dir"}
+
+
 def generate(args: argparse.Namespace) -> int:
     from datasets import load_dataset
 
@@ -29,7 +34,11 @@ def generate(args: argparse.Namespace) -> int:
 
     from .report import filter_report
 
-    kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **dict(args.set))
+    knobs = dict(args.set)
+    clash = sorted(knobs.keys() & _FLAGGED_KNOBS.keys())
+    if clash:
+        raise ValueError("; ".join(f"--set {key}: has its own flag, {_FLAGGED_KNOBS[key]}" for key in clash) + ". Fix: use the flag instead")
+    kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **knobs)
     if args.model:
         kwargs["model"] = args.model
     if args.method == "rebase":

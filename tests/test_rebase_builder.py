@@ -144,6 +144,9 @@ def test_a_server_that_is_down_is_a_clear_error(store, tmp_path):
 def test_missing_or_unfinished_datastores_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="datastore: is missing"):
         load_dataset("rebase", task=str(TASK), cache_dir=str(tmp_path))
+    from selfguide.builders.rebase import ReBaseConfig
+
+    assert ReBaseConfig(task=str(TASK), datastore="store", exclude_datasets="imdb_*").exclude_datasets == ("imdb_*",)
     with pytest.raises(ValueError, match="candidates: .* must be at least 1, got 0"):
         load_dataset("rebase", task=str(TASK), datastore=str(tmp_path), candidates=0, cache_dir=str(tmp_path))
     with pytest.raises(DatastoreError, match="no such folder"):

@@ -91,6 +91,9 @@ def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
             config_id(oversample=2), config_id(extra_noise_patterns=[])}  # as JSON or YAML spell 2.0 and ()
     assert len(same) == 1
     assert config_id(seed=1) not in same and config_id(model="some/other-model") not in same
+    # A bare string for a list knob is one item, not one regex per character.
+    assert SelfGuideConfig(task=task, extra_noise_patterns="lorem ipsum").extra_noise_patterns == ("lorem ipsum",)
+    assert config_id(extra_noise_patterns="lorem ipsum") == config_id(extra_noise_patterns=["lorem ipsum"])
 
 
 def test_cache_key_covers_the_code_a_builder_runs_and_nothing_else():
@@ -176,6 +179,17 @@ def test_cli_generate_and_bad_input(tmp_path, tiny_model_dir):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "examples[0].output" in done.stderr and "Fix:" in done.stderr
+
+
+def test_cli_set_refuses_flagged_and_misspelt_knobs(tmp_path, capsys):
+    from selfguide.cli import main
+
+    base = ["generate", str(FIXTURES / "rewrite_task.json"), "--output-dir", str(tmp_path / "out")]
+    assert main([*base, "--set", "seed=3"]) == 2
+    assert "--set seed: has its own flag, --seed" in capsys.readouterr().err
+    assert main([*base, "--set", "max_round=3"]) == 2
+    assert "max_round: no such knob of selfguide (did you mean 'max_rounds'?)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
