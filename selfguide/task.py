@@ -170,9 +170,7 @@ class Task:
             raise TaskSpecError("task", f"file cannot be read ({e.strerror})", "check the path and its permissions", src) from None
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
+                data = _load_yaml(text)
             else:
                 data = json.loads(text)
         except Exception as e:  # yaml and json raise different types; both mean "unparseable"
@@ -194,7 +192,7 @@ class Task:
         labels = data.get("labels")
         if labels is not None:
             if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
-                raise TaskSpecError("labels", "must be a list of non-empty strings", "write e.g. labels: [yes, no]", source)
+                raise TaskSpecError("labels", "must be a list of non-empty strings", 'write e.g. labels: ["yes", "no"]', source)
         task_type = data.get("type") or infer_type(examples, gold, labels)
         if task_type == "classification" and not labels:
             labels = _label_set(examples, gold)
@@ -224,6 +222,22 @@ class Task:
         task_type = infer_type(examples, gold, None)
         labels = _label_set(examples, gold) if task_type == "classification" else None
         return cls(name=name, instruction=instruction or "", examples=examples, type=task_type, labels=labels, gold=gold, source=source)
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML with every scalar read as written: a spec holds text, and YAML 1.1 would turn the labels
+    `yes`/`no` into booleans (then "True"/"False"), `1.50` into 1.5 and a date into a datetime."""
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    kept = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+    SpecLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag in kept]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return yaml.load(text, Loader=SpecLoader)
 
 
 def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]:

@@ -122,3 +122,18 @@ def test_unreadable_files(tmp_path):
 def test_fixture_files_load():
     for path in FIXTURES.glob("*_task.json"):
         assert Task.load(path).examples
+
+
+def test_yaml_scalars_are_read_as_written(tmp_path):
+    # YAML 1.1 reads yes/no/on as booleans and 1.50 as 1.5: labels would become "True"/"False".
+    path = tmp_path / "recommend.yaml"
+    path.write_text(
+        "instruction: Does the review recommend the product?\n"
+        "labels: [yes, no, on]\n"
+        "examples:\n"
+        "  - {input: 1.50, output: yes}\n"
+        "  - {input: Broke in a day, output: no}\n"
+    )
+    task = Task.load(path)
+    assert task.labels == ["yes", "no", "on"]
+    assert [(e.input, e.output) for e in task.examples] == [("1.50", "yes"), ("Broke in a day", "no")]
