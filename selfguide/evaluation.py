@@ -43,7 +43,9 @@ def gold_rows(task: Task, limit: Optional[int] = None) -> list[Example]:
         raise ValueError(
             f"task '{task.name}': no gold rows to evaluate on. Fix: add a 'test' list of {{input, output}} rows to the task spec"
         )
-    return list(task.gold[:limit] if limit else task.gold)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: the number of gold rows to score must be a positive integer, got {limit!r}. Fix: pass 1 or more, or none for every row")
+    return list(task.gold if limit is None else task.gold[:limit])
 
 
 def build_prompts(task: Task, inputs: Sequence[str], prompt: str, seed: int = 0) -> list[str]:

@@ -166,6 +166,10 @@ def test_evaluate_command_rejects_a_task_without_gold_rows(rewrite_task_dict, tm
     assert "no gold rows" in capsys.readouterr().err
     assert _cli(["evaluate", "--task", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    task_file.write_text(json.dumps(rewrite_task_dict))
+    for limit in ("0", "-5"):  # not every row, nor all but the last five
+        assert _cli(["evaluate", "--task", str(task_file), "--limit", limit]) == 2
+        assert f"limit: the number of gold rows to score must be a positive integer, got {limit}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
