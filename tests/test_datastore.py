@@ -36,6 +36,7 @@ def test_every_source_kind_lands_with_its_provenance(store):
     review = next(r for r in _rows(store, "imdb_small") if r["row_id"] == "r07")
     assert (review["split"], review["license"]) == ("test", "IMDb terms of use")
     assert json.loads(review["content"]) == {
+        "task_type": "sentiment",  # constant over imdb_small: not a cell (below), yet part of the row
         "text": "A moving, beautifully directed film that stays with you.",
         "label": "positive",
     }
@@ -61,6 +62,24 @@ def test_each_dataset_has_a_description_and_constant_columns_join_it(store):
     assert all("task_type" not in r["cell_columns"] for r in _rows(store, "imdb_small"))
     assert _source(store, "news_topics")["description"].startswith("news_topics. News headlines labelled")
     assert imdb["num_rows"] == 11
+
+
+def test_a_constant_label_column_stays_in_each_rows_content(tmp_path):
+    from selfguide.rebase.retrieval import carried_label
+
+    for name, label, texts in [("pos", "positive", ["Loved every minute of it.", "A joy to watch."]),
+                               ("neg", "negative", ["Dull and far too long.", "I walked out halfway."])]:
+        rows = [{"text": t, "label": label, "guideline": "Rate the review as the critic who wrote it would rate it."} for t in texts]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    store = build_datastore([tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"], tmp_path / "store", index_factory="Flat")
+    for row in store.rows:
+        content = json.loads(row["content"])
+        assert content["label"] == {"pos": "positive", "neg": "negative"}[row["dataset"]]
+        assert "guideline" not in content  # a long constant describes the dataset, not the row
+        assert row["cell_columns"] == ["text"]  # the label still describes the dataset rather than the row
+        assert carried_label(store, ["positive", "negative"], row["dataset"], row["config"], content) == content["label"]
+    assert "label: negative" in _source(store, "neg")["description"]
+    assert "guideline: Rate the review" in _source(store, "neg")["description"]
 
 
 def test_distinct_texts_are_embedded_once_with_unit_vectors(store):
@@ -141,6 +160,53 @@ def test_text_columns_see_through_labels_and_nesting():
     assert text_columns(features) == ["context", "answers", "label"]
 
 
+def test_translations_are_text():
+    features = datasets.Features(
+        {
+            "translation": datasets.Translation(languages=["de", "en"]),
+            "multi": datasets.TranslationVariableLanguages(languages=["de", "en", "fr"]),
+        }
+    )
+    assert text_columns(features) == ["translation", "multi"]
+    assert ds_module._hub_skip_reason(datasets.DatasetInfo(features=features), 10**9) is None  # WMT-style configs are read
+    assert ds_module._text({"de": "Guten Morgen", "en": "Good morning"}) == "Guten Morgen; Good morning"
+
+
+@pytest.fixture
+def hub_stub(monkeypatch):
+    """The three Hub calls of a Hub source answered locally: one repo, one config, two rows."""
+    import types
+
+    import huggingface_hub
+
+    descriptions = {"hub": "Reviews from the Hub", "builder": "Reviews, as the loading script says"}
+
+    class Api:
+        def dataset_info(self, repo_id):
+            return types.SimpleNamespace(gated=False, card_data=None, description=descriptions["hub"])
+
+    def builder(repo_id, config):
+        features = datasets.Features({"text": datasets.Value("string")})
+        return types.SimpleNamespace(info=datasets.DatasetInfo(description=descriptions["builder"], features=features))
+
+    rows = datasets.Dataset.from_dict({"text": ["A fine film.", "A poor film."]})
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    return descriptions
+
+
+def test_hub_source_keeps_the_users_name_and_description(hub_stub):
+    def group(source):
+        [found] = ds_module._hub_groups(source, None, 10**9, [])
+        return found.dataset, found.description
+
+    assert group(Source("org/reviews:default", name="my_reviews", description="My own words")) == ("my_reviews", "My own words")
+    assert group(Source("org/reviews:default")) == ("org/reviews", "Reviews, as the loading script says")
+    hub_stub["builder"] = ""
+    assert group(Source("org/reviews:default")) == ("org/reviews", "Reviews from the Hub")
+
+
 def test_unknown_hub_id_is_a_clear_error(tmp_path):
     # With the Hub reachable the id does not exist; without it the lookup fails: both name the id.
     with pytest.raises(DatastoreError, match="selfguide-tests/no-such-dataset-4f1c"):
@@ -174,6 +240,63 @@ def test_bad_source_specs_are_clear_errors(tmp_path):
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(DatastoreError, match="is not a datastore"):
         build_datastore(FIXTURES / "recipes.csv", tmp_path / "occupied")
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_datastore(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    source = folder / "recipes.csv"
+    source.write_bytes((FIXTURES / "recipes.csv").read_bytes())
+    for target in (folder, source):  # a folder of user files, the source file itself
+        with pytest.raises(DatastoreError, match="is not a datastore. Fix: choose an empty or new folder"):
+            build_datastore(source, target, overwrite=True)
+    assert source.read_bytes() == (FIXTURES / "recipes.csv").read_bytes()
+
+
+def test_local_paths_that_cannot_be_read_are_clear_errors(tmp_path):
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": ["a row"]}).save_to_disk(str(saved))
+    with pytest.raises(DatastoreError, match="a folder, not a file.*datasets.load_from_disk"):
+        build_datastore(saved, tmp_path / "store")
+    for missing in ("rows.txt", "rows.tsv", "./rows", "data/train/rows", str(tmp_path / "rows")):
+        with pytest.raises(DatastoreError, match="no such file"):
+            build_datastore(missing, tmp_path / "store")
+    (tmp_path / "rows.tsv").write_text("text\ta row\n")
+    with pytest.raises(DatastoreError, match="unsupported file type '.tsv'"):
+        build_datastore(tmp_path / "rows.tsv", tmp_path / "store")
+    for hub_id in ("org/name", "org/OpenHermes-2.5", "org/name:config", "imdb"):
+        assert ds_module._kind(Source(hub_id)) == "hub"
+
+
+@pytest.mark.parametrize("factory", ["IVF", "Nonsense", "PQ7"])  # PQ7: 384-d vectors do not split into 7 parts
+def test_a_bad_index_factory_fails_before_any_source_is_read(tmp_path, monkeypatch, factory):
+    def never(*args, **kwargs):
+        raise AssertionError("a bad index_factory must be reported before reading or embedding")
+
+    monkeypatch.setattr(ds_module, "_collect", never)
+    monkeypatch.setattr(ds_module, "embed", never)
+    with pytest.raises(DatastoreError, match=f"index_factory '{factory}': .*Fix: use .*'HNSW32'"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory=factory)
+
+
+def test_trained_indexes_build_and_too_few_texts_keep_the_embeddings_for_the_fix(tmp_path, monkeypatch):
+    store = build_datastore(FIXTURES / "recipes.csv", tmp_path / "ivf", index_factory="IVF2,Flat")
+    assert type(store.texts.get_index(Datastore.INDEX).faiss_index).__name__ == "IndexIVFFlat"
+    assert store.search(store.text_embeddings([0]), 1)[1][0][0] == 0
+
+    with pytest.raises(DatastoreError, match="index_factory 'IVF64,Flat': cannot be trained on this datastore's 18 texts"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="IVF64,Flat")
+    embedded = []
+    real_embed = ds_module.embed
+
+    def counting_embed(texts, *args, **kwargs):
+        embedded.extend(texts)
+        return real_embed(texts, *args, **kwargs)
+
+    monkeypatch.setattr(ds_module, "embed", counting_embed)
+    fixed = build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="Flat")
+    assert embedded == fixed.sources["description"]  # the rows' texts came from the failed build's work
+    assert fixed.meta["index_factory"] == "Flat" and fixed.fingerprint != store.fingerprint
 
 
 def test_loading_a_missing_or_foreign_folder_says_what_to_do(tmp_path):

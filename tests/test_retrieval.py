@@ -46,8 +46,7 @@ def test_sentiment_task_retrieves_the_reviews_without_contamination_or_duplicate
 def _expected_scores(task, row, store):
     """The three ReBase terms of `row`, recomputed here from the embedder alone."""
     source = next(s for s in store.sources if s["dataset"] == row.dataset)
-    cells = [v for v in row.content.values() if isinstance(v, str)]
-    cell_vecs = embed(cells)
+    cell_vecs = embed(store.text(store.cells([row.index])[0]))
     description = float(embed([task.instruction])[0] @ embed([source["description"]])[0])
     inputs = embed([e.input for e in task.examples])
     if not task.is_classification:
@@ -125,7 +124,7 @@ def test_excluded_datasets_never_come_back(store, task):
 def test_rows_keep_their_provenance_and_content(store, task):
     row = retrieve(store, task, 1)[0]
     assert (row.license, row.config) == ("IMDb terms of use", "")
-    assert set(row.content) == {"text", "label"} and row.content["label"] in ("positive", "negative")
+    assert set(row.content) == {"task_type", "text", "label"} and row.content["label"] in ("positive", "negative")
 
 
 def test_k_must_be_positive(store, task):

@@ -39,8 +39,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "embedded:all-MiniLM-L6-v2"
 DEFAULT_INDEX = "HNSW32"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a row's content keeps its dataset's short constant columns
+# A constant column of at most this many words is label-like and kept in each row's content.
+_SHORT_VALUE_WORDS = 3
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# Data files that cannot be read as they are: their names still mean a local file, never a Hub id.
+_OTHER_FILE_SUFFIXES = (".txt", ".tsv", ".arrow", ".gz", ".zip")
 # Columns that say where a row comes from rather than what it says: provenance, never embedded.
 METADATA_COLUMNS = ("id", "dataset", "source", "config", "split", "license")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
@@ -116,12 +120,28 @@ def _as_source(item: SourceLike) -> Source:
     return item if isinstance(item, Source) else Source(item)
 
 
+def _looks_like_path(data: Union[str, os.PathLike]) -> bool:
+    """Whether `data` names a local file even when none is there: a Hub id is a plain 'owner/name[:config]'."""
+    text = str(data)
+    return (
+        not isinstance(data, str)
+        or text.startswith(("/", "./", "../", "~"))
+        or len(Path(text).parts) > 2
+        or Path(text).suffix.lower() in FILE_SUFFIXES + _OTHER_FILE_SUFFIXES
+    )
+
+
 def _kind(source: Source) -> str:
     if isinstance(source.data, (datasets.Dataset, datasets.DatasetDict)):
         return "dataset"
     if isinstance(source.data, (str, os.PathLike)):
         path = Path(source.data).expanduser()
-        if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        if path.is_dir():
+            raise DatastoreError(
+                f"source {source.data}: a folder, not a file. Fix: pass a JSONL, JSON, CSV or Parquet file; for a folder "
+                f"written by Dataset.save_to_disk, pass datasets.load_from_disk({str(source.data)!r}) instead"
+            )
+        if path.exists() or _looks_like_path(source.data):
             if not path.is_file():
                 raise DatastoreError(f"source {source.data}: no such file. Fix: pass an existing JSONL, JSON, CSV or Parquet file")
             if path.suffix.lower() not in FILE_SUFFIXES:
@@ -183,10 +203,11 @@ def _jsonable(row: dict, features: Optional[datasets.Features]) -> dict:
 
 
 def text_columns(features: datasets.Features) -> list[str]:
-    """Columns whose values hold text: strings, class labels, and lists or dicts of strings."""
+    """Columns whose values hold text: strings, class labels, translations, and lists or dicts of strings."""
 
     def holds_text(feature) -> bool:
-        if isinstance(feature, datasets.ClassLabel):
+        # A translation's value is a dict of strings (by language), though the feature names no Value.
+        if isinstance(feature, (datasets.ClassLabel, datasets.Translation, datasets.TranslationVariableLanguages)):
             return True
         if isinstance(feature, datasets.Value):
             return feature.dtype in ("string", "large_string")
@@ -319,7 +340,8 @@ def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, 
         return []
     card = info.card_data
     license_ = source.license or (str(card.license) if card is not None and card.license else "")
-    description = source.description or info.description or (card.pretty_name if card is not None else "") or ""
+    # The user's own description wins over the builder's, which wins over the Hub's summary of the repo.
+    fallback = info.description or (card.pretty_name if card is not None else "") or ""
     configs = [config_in_id] if config_in_id else list(source.configs or datasets.get_dataset_config_names(repo_id))
     groups = []
     for config in configs:
@@ -335,7 +357,7 @@ def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, 
         total = splits[split].num_examples if split in splits else None
         stream = datasets.load_dataset(repo_id, config, split=split, streaming=True)
         features = stream.features or builder.info.features
-        group = _Group(repo_id, config, builder.info.description or description, license_)
+        group = _Group(source.name or repo_id, config, source.description or builder.info.description or fallback, license_)
         for i, raw in evenly_spaced(stream, total, max_rows):
             group.rows.append(_entry(_jsonable(_decode_labels(raw, features), features), split, i, license_))
         groups.append(group)
@@ -349,8 +371,8 @@ def _hub_groups(source: Source, max_rows: Optional[int], max_config_bytes: int, 
 def _constant_columns(rows: list[dict]) -> dict[str, str]:
     """Columns with one value across a dataset's rows (an NI task definition, a task type).
 
-    Such a value describes the dataset, not the row: it joins the description and is not embedded
-    as a cell, where it would make every row of the dataset look alike.
+    Such a value describes the dataset: it joins the description and is not embedded as a cell, where
+    it would make every row of the dataset look alike. A short one stays in each row's content too.
     """
     if len(rows) < 2:
         return {}
@@ -400,7 +422,9 @@ def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], m
                 rows[key].append(value)
             rows["license"].append(r["license"] or g.license)
             rows["source"].append(len(srcs["dataset"]))
-            content = {c: v for c, v in r["values"].items() if c not in constant}
+            # A short constant (a file of one class) is still this row's label, for the rewriter and carried_label;
+            # a long one (an NI task definition) would lengthen every rewrite prompt and its answer budget.
+            content = {c: v for c, v in r["values"].items() if len(constant.get(c, "").split()) <= _SHORT_VALUE_WORDS}
             rows["content"].append(json.dumps(content, ensure_ascii=False, default=str))
             rows["cell_columns"].append([c for c, _ in cells])
             rows["cell_ids"].append([text_ids.setdefault(t, len(text_ids)) for _, t in cells])
@@ -432,6 +456,34 @@ def _embed_in_chunks(texts: list[str], work: Path, embedder: Optional[str], chun
             os.replace(tmp, file)
             bar.update(len(chunk))
     return np.concatenate([np.load(f) for f in files])
+
+
+def _digest(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _embedding_dim(embedder: Optional[str]) -> Optional[int]:
+    model = load_embedder(embedder)
+    # sentence-transformers 6 renamed the method; 5.x has only the old name.
+    return (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+
+
+def _faiss_reason(error: RuntimeError) -> str:
+    """The last clause of a FAISS error, without the C++ function and file before it."""
+    return str(error).rsplit(": ", 1)[-1].strip()
+
+
+def _new_index(factory: str, dim: int):
+    """An empty FAISS index over inner product (cosine similarity of the unit vectors)."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise DatastoreError(
+            f"index_factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_faiss_reason(e)}). "
+            "Fix: use a FAISS factory string such as 'HNSW32' (approximate) or 'Flat' (exact)"
+        ) from None
 
 
 def _vectors(matrix: np.ndarray) -> pa.Array:
@@ -468,15 +520,15 @@ def build_datastore(
     if max_rows_per_config is not None and max_rows_per_config < 1:
         raise DatastoreError(f"max_rows_per_config: must be positive or None, got {max_rows_per_config}")
     kinds = [_kind(s) for s in sources]
-    recipe = {
+    # What the collected rows and their embeddings depend on; the index is built from them at the end.
+    data_recipe = {
         "format": FORMAT_VERSION,
         "sources": [_fingerprint_source(s, k) for s, k in zip(sources, kinds)],
         "embedder": embedder or DEFAULT_EMBEDDER,
-        "index_factory": index_factory,
         "max_rows_per_config": max_rows_per_config,
         "max_config_bytes": max_config_bytes,
     }
-    fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = _digest({**data_recipe, "index_factory": index_factory})
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -485,11 +537,16 @@ def build_datastore(
                 return Datastore.load(path)
             if not overwrite:
                 raise DatastoreError(f"{path} already holds a datastore built from other sources. Fix: pass overwrite=True (`selfguide datastore --overwrite`) or another path")
-        elif path.exists() and any(path.iterdir()) and not (path / _BUILD).exists() and not overwrite:
-            raise DatastoreError(f"{path} exists, is not empty and is not a datastore. Fix: choose an empty or new folder")
+        elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / _BUILD).exists():
+            # Even with overwrite: it replaces a datastore or an interrupted build, never a folder of other files.
+            raise DatastoreError(f"{path} exists, is not an empty folder and is not a datastore. Fix: choose an empty or new folder")
+        # Checked before anything is read, embedded or deleted: a typo must cost neither the embeddings nor an old datastore.
+        dim = _embedding_dim(embedder)
+        if dim:  # None for a model that does not say; add_index checks the factory then
+            _new_index(index_factory, dim)
         work = path / _BUILD
-        # The work folder is reused only by a build of the same recipe chunked the same way.
-        work_key = f"{fingerprint}:{chunk_size}"
+        # The work folder is reused only by a build of the same rows and embedder chunked the same way.
+        work_key = f"{_digest(data_recipe)}:{chunk_size}"
         if not (work / "recipe").exists() or (work / "recipe").read_text() != work_key:
             (path / _MARKER).unlink(missing_ok=True)  # first, so a crash mid-delete leaves no "complete" folder
             shutil.rmtree(path, ignore_errors=True)
@@ -559,11 +616,18 @@ class Datastore:
         return self.meta["embedder"]
 
     def add_index(self) -> None:
-        import faiss
-
-        self.texts.add_faiss_index(
-            "embeddings", index_name=self.INDEX, string_factory=self.meta["index_factory"], metric_type=faiss.METRIC_INNER_PRODUCT
-        )
+        factory = self.meta["index_factory"]
+        index = _new_index(factory, self.meta["dim"])
+        if not index.is_trained:
+            # IVF and PQ indexes learn their partition from the vectors they will hold.
+            try:
+                index.train(self.text_embeddings())
+            except RuntimeError as e:
+                raise DatastoreError(
+                    f"index_factory {factory!r}: cannot be trained on this datastore's {len(self.texts)} texts ({_faiss_reason(e)}). "
+                    "Fix: use 'HNSW32' or 'Flat', or a factory with fewer clusters"
+                ) from None
+        self.texts.add_faiss_index("embeddings", index_name=self.INDEX, custom_index=index)
 
     def set_ef_search(self, ef_search: int) -> None:
         """Breadth of an HNSW search: higher finds more of the true neighbours, slower."""
