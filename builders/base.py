@@ -62,6 +62,19 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             if knob.type in ("tuple", tuple) and isinstance(getattr(self, knob.name), str):
                 setattr(self, knob.name, (getattr(self, knob.name),))
 
+    @classmethod
+    def check_knobs(cls, kwargs: dict) -> None:
+        """A misspelt knob is an error naming the nearest one; the dataclass would raise a bare TypeError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            knobs = sorted(known - _BUILDER_CONFIG_FIELDS)
+            problems = []
+            for name in unknown:
+                near = difflib.get_close_matches(name, knobs, n=1)
+                problems.append(f"{name}: no such knob of {cls.__name__}" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            raise ValueError("; ".join(problems) + f". Fix: correct or remove it; the knobs are {', '.join(knobs)}")
+
     def cache_kwargs(self) -> dict:
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
         is one cache; the task by its content, not the path or object that carried it; and the default
@@ -97,16 +110,7 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     # -- the shared machinery --------------------------------------------------------------------
 
     def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
-        # The dataclass would raise a bare TypeError ("unexpected keyword argument") for a misspelt knob.
-        known = {f.name for f in fields(self.BUILDER_CONFIG_CLASS)}
-        unknown = sorted(set(config_kwargs) - known)
-        if unknown:
-            knobs = sorted(known - _BUILDER_CONFIG_FIELDS)
-            problems = []
-            for name in unknown:
-                near = difflib.get_close_matches(name, knobs, n=1)
-                problems.append(f"{name}: no such knob of {self.name}" + (f" (did you mean '{near[0]}'?)" if near else ""))
-            raise ValueError("; ".join(problems) + f". Fix: correct or remove it; the knobs are {', '.join(knobs)}")
+        self.BUILDER_CONFIG_CLASS.check_knobs(config_kwargs)
         return super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
 
     @property

@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..evaluation import ZERO_SHOT, TaskScore, format_table
+from ..evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table
 from ..metrics import metric_name
 from ..report import FilterReport
 from ..task import Task
@@ -55,8 +55,9 @@ class DataSummary:
     settings: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dataset(cls, dataset, source: str, settings: Optional[dict] = None) -> "DataSummary":
-        """`dataset` is a DatasetDict; the method is read from the builder that made it."""
+    def from_dataset(cls, dataset, source: str, train, test=None, settings: Optional[dict] = None) -> "DataSummary":
+        """`dataset` is a DatasetDict; the method is read from the builder that made it. `train` and `test` are the
+        splits trained and evaluated on, whatever their names (--dataset_train_split train_sft, say)."""
         from ..report import filter_report
 
         first = next(iter(dataset.values()))
@@ -69,8 +70,8 @@ class DataSummary:
             method=method,
             source=source,
             writer_sentence=sentence,
-            train_rows=dataset["train"].num_rows if "train" in dataset else 0,
-            test_rows=dataset["test"].num_rows if "test" in dataset else 0,
+            train_rows=train.num_rows,
+            test_rows=test.num_rows if test is not None else 0,
             report=report,
             settings=dict(settings or {}),
         )
@@ -133,24 +134,47 @@ def framework_versions(names: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _prompt_code(info: ModelCardInfo) -> str:
+    """Code that builds the prompt the model was trained with, as selfguide.prompts formats it."""
+    task = info.task
+    lines = [f"instruction = {task.instruction.strip()!r}"]
+    if info.train_prompt == FEW_SHOT:
+        lines.append("demonstrations = [  # (input, output); training shuffled their order for each row")
+        lines += [f"    ({e.input.strip()!r}, {e.output.strip()!r})," for e in task.examples]
+        lines.append("]")
+    lines.append(f"text = {task.examples[0].input.strip()!r}")
+    if info.train_prompt == FEW_SHOT:
+        lines.append('shots = "".join(f"Input: {x}\\nOutput: {y}\\n\\n" for x, y in demonstrations)')
+        lines.append('prompt = f"{instruction}\\n\\n{shots}Input: {text}\\nOutput:"')
+    else:
+        lines.append('prompt = f"{instruction}\\n\\nInput: {text}\\nOutput:"')
+    return "\n".join(lines)
+
+
 def usage_snippet(info: ModelCardInfo) -> str:
     where = info.repo_id or info.model_name
     base = info.base_model_id or info.base_model
-    example = f"{info.task.instruction.strip()}\n\nInput: {info.task.examples[0].input.strip()}\nOutput:"
-    if info.adapter:
-        load = (
-            f"tokenizer = AutoTokenizer.from_pretrained({base!r})\n"
-            f"model = AutoModelForCausalLM.from_pretrained({base!r})\n"
-            f"model = PeftModel.from_pretrained(model, {where!r})\n"
-        )
-        imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+    imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
+    if not info.adapter:
+        load = f"tokenizer = AutoTokenizer.from_pretrained({where!r})\nmodel = AutoModelForCausalLM.from_pretrained({where!r})"
     else:
-        load = f"tokenizer = AutoTokenizer.from_pretrained({where!r})\nmodel = AutoModelForCausalLM.from_pretrained({where!r})\n"
-        imports = "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        imports = f"from peft import PeftModel\n{imports}"
+        load = f"tokenizer = AutoTokenizer.from_pretrained({base!r})\nmodel = AutoModelForCausalLM.from_pretrained({base!r})"
+        if info.quantization:
+            # The adapter learned on the 4-bit base's outputs and scored far worse on a full-precision base
+            # (selfguide/evaluation.py): load the base as training did.
+            q = info.quantization
+            imports = f"import torch\n{imports}, BitsAndBytesConfig"
+            load = (
+                f"quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={q['quant_type']!r}, "
+                f"bnb_4bit_use_double_quant={q['double_quant']!r}, bnb_4bit_compute_dtype=torch.{q['compute_dtype']})\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({base!r})\n"
+                f"model = AutoModelForCausalLM.from_pretrained({base!r}, quantization_config=quantization)"
+            )
+        load += f"\nmodel = PeftModel.from_pretrained(model, {where!r})"
     return (
-        f"{imports}\n{load}\n"
-        f"prompt = {example!r}\n"
-        'inputs = tokenizer(prompt, return_tensors="pt")\n'
+        f"{imports}\n\n{_prompt_code(info)}\n\n{load}\n\n"
+        'inputs = tokenizer(prompt, return_tensors="pt").to(model.device)\n'
         "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).split("\\n\\n")[0].strip())'
     )

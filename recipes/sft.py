@@ -13,7 +13,7 @@ this recipe puts on the CPU (gloo); `accelerate launch --cpu --num_processes 2` 
 
 Data: `load_dataset("selfguide", task=...)` built from the arguments here, or `--dataset_name`, a
 folder saved with `save_to_disk` or a Hub dataset id. Bad input (a missing dataset, an unknown
-config key, 4-bit without bitsandbytes, an empty training split) stops before any training.
+config key or synthesis knob, 4-bit without bitsandbytes, an empty training split) stops before any training.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from selfguide.builders.base import NoRowsError
+from selfguide.builders.rebase import ReBaseConfig
+from selfguide.builders.selfguide import SelfGuideConfig
 from selfguide.callbacks import ModelCardCallback, TaskEvalCallback
 from selfguide.evaluation import FEW_SHOT, PREDICTIONS_FILE, ZERO_SHOT, TaskScore, format_table, gold_rows, write_predictions
 from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
@@ -50,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 FINETUNING = ("qlora", "lora", "full")
 _PROMPT_FORMATS = (("prompt", "completion"), ("messages",), ("text",))
+SYNTHESIS_CONFIGS = {"selfguide": SelfGuideConfig, "rebase": ReBaseConfig}
+# Builder arguments the recipe fills from its own flags: the same key in --synthesis_kwargs would silently win.
+_SYNTHESIS_FLAGS = {"task": "--task", "model": "--synthesis_model", "num_examples": "--num_examples", "seed": "--synthesis_seed"}
 
 
 class RecipeError(ValueError):
@@ -195,10 +200,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[DataArguments, RecipeC
             names.append((s, "argument"))
     if names:
         known = sorted({a.dest for a in parser._actions})
-        problems = []
-        for name, kind in names:
-            near = difflib.get_close_matches(name, known, n=1)
-            problems.append(f"{kind} '{name}' does not exist" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        problems = [_no_such(kind, name, known) for name, kind in names]
         raise RecipeError("; ".join(problems) + ". Fix: correct or remove it; `--help` lists every argument")
     data_args, training_args, model_args = parsed
     if isinstance(data_args.synthesis_kwargs, str):
@@ -215,6 +217,11 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[DataArguments, RecipeC
             """Fix: write an object, e.g. --synthesis_kwargs '{"temperature": 0.7}'"""
         )
     return data_args, training_args, model_args
+
+
+def _no_such(kind: str, name: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(name, known, n=1)
+    return f"{kind} '{name}' does not exist" + (f" (did you mean '{near[0]}'?)" if near else "")
 
 
 # -- checks that run before anything heavy --------------------------------------------------------
@@ -240,6 +247,8 @@ def check_inputs(data_args: DataArguments, training_args: RecipeConfig, model_ar
         raise RecipeError(f"train_prompt: {data_args.train_prompt!r} is not one of {(ZERO_SHOT, FEW_SHOT)}")
     if data_args.num_examples < 1:
         raise RecipeError(f"num_examples: must be at least 1, got {data_args.num_examples}")
+    if not data_args.dataset_name:
+        check_synthesis(data_args, task, model_args.model_name_or_path)
     if data_args.push_dataset and data_args.dataset_name:
         raise RecipeError(
             f"push_dataset: the training data is {data_args.dataset_name}, not synthesized by this run, so there is "
@@ -254,6 +263,27 @@ def check_inputs(data_args: DataArguments, training_args: RecipeConfig, model_ar
     if push:
         require_token()
     return task
+
+
+def check_synthesis(data_args: DataArguments, task: Task, model_name_or_path: Optional[str]) -> None:
+    """Make the builder config load_dataset will make, so a bad knob or datastore stops the run before the
+    student is loaded, in the recipe's terms."""
+    method = data_args.synthesis_method
+    config_class = SYNTHESIS_CONFIGS[method]
+    given = data_args.synthesis_kwargs or {}
+    duplicates = [k for k in given if k in _SYNTHESIS_FLAGS]
+    if duplicates:
+        flags = ", ".join(_SYNTHESIS_FLAGS[k] for k in duplicates)
+        raise RecipeError(
+            f"synthesis_kwargs: {', '.join(map(repr, duplicates))} would override {flags}. Fix: pass {flags} instead, "
+            "and keep synthesis_kwargs for the builder's own knobs"
+        )
+    try:
+        config_class.check_knobs(given)
+        # cache_kwargs reads a ReBase datastore's fingerprint, so a wrong path fails here rather than after the model loads.
+        config_class(**synthesis_arguments(data_args, task, model_name_or_path)).cache_kwargs()
+    except ValueError as e:  # DatastoreError among them; the builder's message names the knob and the fix
+        raise RecipeError(f"synthesis_kwargs ({method} builder): {e}") from None
 
 
 def _match_best_model_metric(training_args: RecipeConfig, task: Task) -> None:
@@ -485,10 +515,10 @@ def build(data_args: DataArguments, training_args: RecipeConfig, model_args: Mod
     with training_args.main_process_first(desc="building the dataset"):
         dataset, source, settings = load_data(data_args, task, student_name, model_args.model_name_or_path)
     train, test = training_splits(dataset, data_args, task)
+    data_summary = DataSummary.from_dataset(dataset, source, train, test, settings)
     if data_args.train_prompt == FEW_SHOT:
         train = with_fewshot_prompts(train, task, training_args.seed)
         test = with_fewshot_prompts(test, task, training_args.seed) if test is not None else None
-    data_summary = DataSummary.from_dataset(dataset, source, settings)
 
     model, tokenizer, peft_config, quant = load_model(model_args, student, training_args)
     project_completion_tokens_only()
@@ -540,18 +570,20 @@ def main(data_args: DataArguments, training_args: RecipeConfig, model_args: Mode
             save_dataset_for_hub(
                 run.dataset, output_dir / "dataset", run.task, info.data, license=info.license, gold_rows=data_args.push_gold_rows
             )
+        # Card and table before any push: a failed push must not lose the final evaluation.
+        run.card_callback.write(output_dir, training_args, trainer.state)
+    trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores, run.task.labels)}")
+    if run.push and trainer.is_world_process_zero():
         repo_id = training_args.hub_model_id or output_dir.name
-        if run.push and data_args.push_dataset:
+        if data_args.push_dataset:
             result = push_dataset(
                 output_dir / "dataset", data_args.dataset_repo_id or f"{repo_id}-data", private=training_args.hub_private_repo
             )
             pushed["dataset"] = result.commit_url
-            info.data.hub_id = result.repo_id  # the model card links the dataset it was trained on
+            info.data.hub_id = result.repo_id
             info.data.hub_has_gold = data_args.push_gold_rows
-        run.card_callback.write(output_dir, training_args, trainer.state)
-        if run.push:
-            pushed["model"] = push_adapter(output_dir, repo_id, private=training_args.hub_private_repo).commit_url
-    trainer.accelerator.print(f"\nTask metric on {run.eval_rows} gold rows, before and after finetuning:\n{format_table(scores, run.task.labels)}")
+            run.card_callback.write(output_dir, training_args, trainer.state)  # again: it now links the dataset it was trained on
+        pushed["model"] = push_adapter(output_dir, repo_id, private=training_args.hub_private_repo).commit_url
     # Free the DDP wrapper while its process group is alive: freed after trainer.end(), gloo's teardown
     # can wait forever on a worker thread.
     trainer.model_wrapped = trainer.model

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from datasets import Dataset, DatasetDict
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -6,6 +7,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from selfguide import FilterReport, Task
 from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, TaskScore
 from selfguide.hub import save_dataset_for_hub
+from selfguide.prompts import format_prompt
+from selfguide.quantization import nf4_config
 from selfguide.hub_cards import (
     CardValidationError,
     DataSummary,
@@ -104,6 +107,33 @@ def test_model_card_body_states_data_training_and_scores(task, report, scores):
     assert "PeftModel.from_pretrained(model, 'tester/sentiment-qlora')" in text
     assert "Intended use and limits" in text
     assert "(labels: positive, negative)" in text
+
+
+def _usage(card) -> str:
+    return str(card).split("```python\n")[1].split("\n```")[0]
+
+
+@pytest.mark.parametrize("train_prompt", [ZERO_SHOT, FEW_SHOT])
+def test_the_usage_snippet_builds_the_prompt_the_model_was_trained_with(task, report, scores, train_prompt):
+    snippet = _usage(render_model_card(_info(task, report, train_prompt=train_prompt), scores, {"steps": 24}))
+    compile(snippet, "usage", "exec")
+    namespace = {}
+    exec(next(block for block in snippet.split("\n\n") if block.startswith("instruction = ")), namespace)
+    shots = task.examples if train_prompt == FEW_SHOT else ()
+    assert namespace["prompt"] == format_prompt(task, task.examples[0].input, shots)
+
+
+def test_the_usage_snippet_loads_a_qlora_adapters_base_in_4bit_as_trained(task, report, scores):
+    snippet = _usage(render_model_card(_info(task, report), scores, {"steps": 24}))
+    imports = snippet.split("\n\n")[0]
+    [quantization] = [line for line in snippet.splitlines() if line.startswith("quantization = ")]
+    namespace = {}
+    exec(f"{imports}\n{quantization}", namespace)
+    assert namespace["quantization"].to_dict() == nf4_config("nf4", True, torch.bfloat16).to_dict()
+    assert "AutoModelForCausalLM.from_pretrained('google/gemma-3-270m', quantization_config=quantization)" in snippet
+    lora = _usage(render_model_card(_info(task, report, finetuning="lora", quantization=None), scores, {"steps": 24}))
+    compile(lora, "usage", "exec")
+    assert "BitsAndBytesConfig" not in lora and "AutoModelForCausalLM.from_pretrained('google/gemma-3-270m')\n" in lora
 
 
 def test_a_card_names_letter_labels_by_their_aliases(sentiment_task_dict, report, scores):

@@ -15,6 +15,7 @@ from selfguide.hub import HubPushError, push_adapter, push_dataset, require_toke
 from selfguide.hub_cards import DataSummary
 from tests.fake_hub import FakeHub
 from tests.sft_helpers import REPO, qlora_model_dir, save_task_dataset, task_rows, tree_digest  # noqa: F401  (fixture)
+from tests.test_selfguide_builder import LOOSE
 
 TOKEN = "hf_selfguideTestToken0123456789abcdef"
 
@@ -108,11 +109,13 @@ def test_dataset_push_with_its_card(hub, tmp_path, sentiment_task_dict):
     assert "data/test-00000-of-00001.parquet" in pushed and "holds the task's 4 gold rows" in pushed["README.md"].decode()
 
 
-def _recipe(task_file, data, model, out, hub_url, *extra):
-    env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
-    cmd = [sys.executable, "recipes/sft.py", "--task", str(task_file), "--dataset_name", str(data), "--model_name_or_path", str(model),
-           "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4", "--gradient_checkpointing", "false",
-           "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none", "--push_to_hub", "true", "--hub_model_id", "tiny-sft", *extra]
+def _recipe(task_file, data, model, out, hub_url, *extra, env=()):
+    """The recipe in its own process against the fake Hub; `data` None synthesizes the training rows."""
+    env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", **dict(env)}
+    cmd = [sys.executable, "recipes/sft.py", "--task", str(task_file), *(["--dataset_name", str(data)] if data else []),
+           "--model_name_or_path", str(model), "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4",
+           "--gradient_checkpointing", "false", "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none",
+           "--push_to_hub", "true", "--hub_model_id", "tiny-sft", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -156,3 +159,19 @@ def test_recipe_push_failure_is_clear_and_keeps_the_output(recipe_inputs, tmp_pa
     assert "error: push of" in proc.stderr and "failed after 3 attempts" in proc.stderr and "is intact" in proc.stderr
     assert {"README.md", "adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in out.iterdir()}
     assert TOKEN not in proc.stderr
+
+
+def test_a_failed_dataset_push_keeps_the_final_card_and_table(recipe_inputs, tmp_path):
+    task_file, _, model = recipe_inputs
+    out = tmp_path / "out"
+    with FakeHub(lifetime_s=200) as hub:
+        hub.fail_next("create", 403)  # the dataset's repo, the first one the recipe creates
+        proc = _recipe(task_file, None, model, out, hub.url, "--push_dataset", "true", "--num_examples", "4",
+                       "--synthesis_kwargs", json.dumps(LOOSE), env={"HF_DATASETS_CACHE": str(tmp_path / "cache")})
+        assert ("model", "tester/tiny-sft") not in hub.repos
+    assert proc.returncode != 0
+    assert "error: push of" in proc.stderr and "dataset repo 'tiny-sft-data' failed" in proc.stderr
+    # With eval_strategy "no" the finetuned score comes only from the evaluation after training.
+    card = (out / "README.md").read_text()
+    assert "| finetuned | zero-shot |" in card and "finetuned-zero-shot" in card
+    assert "Task metric on 4 gold rows" in proc.stdout and "| finetuned | zero-shot |" in proc.stdout

@@ -15,7 +15,7 @@ from selfguide import Task
 from selfguide.metrics import extract_label, most_frequent_answer
 from selfguide.quantization import MissingBitsandbytesError
 from selfguide.recipes.sft import RecipeError, build, parse_args, run
-from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, tree_digest  # noqa: F401  (fixture)
+from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, task_rows, tree_digest  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -259,6 +259,41 @@ def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewr
     with pytest.raises(RecipeError, match="synthesis_kwargs: must be a mapping"):
         run(args + ["--synthesis_kwargs", "[0.7]"])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--synthesis_method", "rebase"], r"synthesis_kwargs \(rebase builder\): datastore: is missing"),
+        (["--synthesis_method", "rebase", "--synthesis_kwargs", '{"datastore": "no-store"}'],
+         r"synthesis_kwargs \(rebase builder\): datastore no-store"),
+        (["--synthesis_kwargs", '{"max_round": 3}'],
+         r"synthesis_kwargs \(selfguide builder\): max_round: no such knob of SelfGuideConfig \(did you mean 'max_rounds'\?\)\. Fix:"),
+        (["--synthesis_kwargs", '{"label_strategy": "votes"}'], r"synthesis_kwargs \(selfguide builder\): label_strategy: 'votes'"),
+        (["--synthesis_kwargs", '{"num_examples": 8, "seed": 1}'],
+         r"synthesis_kwargs: 'num_examples', 'seed' would override --num_examples, --synthesis_seed\. Fix: pass"),
+    ],
+    ids=["no-datastore", "wrong-datastore", "misspelt-knob", "bad-value", "flag-in-kwargs"],
+)
+def test_bad_synthesis_settings_stop_before_the_student_is_loaded(task_file, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    # A student that does not exist: resolving it first would fail with its own error.
+    args = ["--task", str(task_file), "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "missing.gguf")]
+    with pytest.raises(RecipeError, match=message):
+        run(args + extra)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_card_counts_the_splits_trained_and_evaluated_on(task, task_file, tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    splits = {"train_sft": task_rows(task, task.examples * 3), "test_sft": task_rows(task, task.gold[:2])}
+    DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()}).save_to_disk(tmp_path / "sft")
+    args = recipe_args(task_file, tmp_path / "sft", tiny_model_dir, tmp_path / "out", finetuning="lora",
+                       dataset_train_split="train_sft", dataset_test_split="test_sft")
+    run_ = build(*parse_args(args))
+    card = run_.card_callback.write(tmp_path / "card", run_.trainer.args, run_.trainer.state).read_text()
+    assert f"- Rows: {len(task.examples) * 3} for training, 2 gold rows for evaluation" in card
 
 
 def test_a_dataset_without_its_gold_split_is_evaluated_on_the_tasks_gold_rows(task_file, task, tiny_model_dir, tmp_path):

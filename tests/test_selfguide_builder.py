@@ -188,7 +188,7 @@ def test_cli_set_refuses_flagged_and_misspelt_knobs(tmp_path, capsys):
     assert main([*base, "--set", "seed=3"]) == 2
     assert "--set seed: has its own flag, --seed" in capsys.readouterr().err
     assert main([*base, "--set", "max_round=3"]) == 2
-    assert "max_round: no such knob of selfguide (did you mean 'max_rounds'?)" in capsys.readouterr().err
+    assert "max_round: no such knob of SelfGuideConfig (did you mean 'max_rounds'?)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
