@@ -17,8 +17,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def command_line() -> str:
-    """How this benchmark was called, to be written beside its results."""
-    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    """How this benchmark was called, to be written beside its results. A `--note` is printed with the
+    results, not repeated in the command."""
+    argv = sys.argv[1:]
+    if "--note" in argv:
+        at = argv.index("--note")
+        argv = argv[:at] + argv[at + 2 :]
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *argv])
 
 
 def machine() -> dict:

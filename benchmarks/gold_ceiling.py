@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import ni_v2
-from common import RESULTS, SHARED_DATA, append_record, machine, markdown_table, read_records, write_results
+from common import RESULTS, SHARED_DATA, append_record, command_line, machine, markdown_table, read_records, write_results
 
 from selfguide import Task
 from selfguide.metrics import answer_counts, most_frequent_answer
@@ -131,11 +129,7 @@ def main() -> None:
                       *(f"{c['score']:.1f} ({c['top_predicted_share']:.0f}%)" for c in cells)])
     header = ["task", "majority label", *(f"{r} rows, {s} steps" for r, s in settings)]
     method_s = sum(records[(p.stem, r, s)]["seconds"] for p in paths for r, s in settings)
-    argv = sys.argv[1:]
-    if "--note" in argv:  # the note is printed below the table, not repeated in the command
-        at = argv.index("--note")
-        argv = argv[:at] + argv[at + 2 :]
-    command = shlex.join(["python", "benchmarks/gold_ceiling.py", *argv])
+    command = command_line()
     md = (
         "# The finetuning ceiling: the embedded student trained on gold rows of the task itself\n\n"
         f"QLoRA at batch 8 as `ni_v2.py` trains, here at lr {args.learning_rate:g} with the {args.train_prompt} prompt "

@@ -17,6 +17,11 @@ beside the majority label of the same rows (a constant answer's score).
               (`label_strategy="channel"`): whether the student writing inputs for a label knows the
               class better than the student answering
 
+With `--verbalize`, a task with label aliases (`ni_v2.NI_LABEL_ALIASES`: task190's E, C, N) is labelled
+with its labels' first alias in their place, in the demonstrations and as the scored strings
+("entailment" for E), and the answers are read back as labels: whether a small student labels better
+with words than with letters.
+
     python benchmarks/label_accuracy.py                      # the 7 classification tasks, 40 rows each
     python benchmarks/label_accuracy.py --tasks task190 --rows 40
 """
@@ -29,10 +34,11 @@ import random
 import time
 from collections import Counter
 
-from common import SHARED_DATA, machine, markdown_table, write_results
-from ni_v2 import split_rows
+from common import SHARED_DATA, command_line, machine, markdown_table, write_results
+from ni_v2 import NI_LABEL_ALIASES, split_rows
 
 from selfguide import Task
+from selfguide.task import Example
 from selfguide.engines import SamplingParams, TransformersEngine
 from selfguide.metrics import normalize
 from selfguide.prompts import OUTPUT_STOP
@@ -89,6 +95,13 @@ LABELLERS = {
 }
 
 
+def verbalized(task: Task) -> Task:
+    """The task with each label replaced by its first alias, in the label set and the demonstrations."""
+    word = {label: names[0] for label, names in task.label_aliases.items()}
+    return Task(name=task.name, instruction=task.instruction, type=task.type, labels=[word[label] for label in task.labels],
+                examples=[Example(e.input, word[e.output]) for e in task.examples])
+
+
 def accuracy(predicted: list, gold: list[str]) -> float:
     return 100 * sum(p is not None and normalize(p) == normalize(g) for p, g in zip(predicted, gold)) / len(gold)
 
@@ -101,7 +114,10 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategies", nargs="+", default=list(LABELLERS), choices=list(LABELLERS))
+    p.add_argument("--verbalize", action="store_true",
+                   help="label tasks that have aliases (ni_v2.NI_LABEL_ALIASES) with the alias words, read back as labels")
     p.add_argument("--name", default="label_accuracy")
+    p.add_argument("--note", default="", help="a paragraph for the Markdown: how the records were made")
     args = p.parse_args()
 
     start = time.perf_counter()
@@ -113,9 +129,16 @@ def main() -> None:
         gold = [r["output"] for r in rows]
         t0 = time.perf_counter()
         inputs = [r["input"] for r in rows]
-        predicted = {k: LABELLERS[k](engine, task, inputs, args.seed) for k in args.strategies}
+        aliases = NI_LABEL_ALIASES.get(task.name) if args.verbalize else None
+        if aliases:
+            task.label_aliases = aliases
+            task.validate()
+            words = verbalized(task)
+            predicted = {k: [a and task.label_of(a) for a in LABELLERS[k](engine, words, inputs, args.seed)] for k in args.strategies}
+        else:
+            predicted = {k: LABELLERS[k](engine, task, inputs, args.seed) for k in args.strategies}
         record = {
-            "task": task.name, "rows": len(rows), "labels": list(task.labels),
+            "task": task.name, "rows": len(rows), "labels": list(task.labels), "verbalized": bool(aliases),
             "majority": 100 * Counter(gold).most_common(1)[0][1] / len(gold),
             "accuracy": {k: accuracy(v, gold) for k, v in predicted.items()},
             "vote_coverage": 100 * sum(v is not None for v in predicted["vote"]) / len(rows) if "vote" in predicted else None,
@@ -147,10 +170,10 @@ def main() -> None:
         + markdown_table(header, table)
         + "\n\nShare (%) of the rows given the most frequent predicted label (100 = one label for every row):\n\n"
         + markdown_table(["task", *args.strategies], shares)
-        + f"\n\nCommand: `python benchmarks/label_accuracy.py --tasks {' '.join(args.tasks)} --split {args.split} "
-        f"--rows {args.rows} --strategies {' '.join(args.strategies)}`; wall time {wall / 60:.1f} min.\n"
+        + f"\n\nCommand: `{command_line()}`; wall time {wall / 60:.1f} min.\n"
+        + (f"\n{args.note}\n" if args.note else "")
     )
-    write_results(args.name, {"settings": vars(args), "results": results, "wall_s": wall, "machine": machine()}, md)
+    write_results(args.name, {"settings": vars(args), "command": command_line(), "results": results, "wall_s": wall, "machine": machine()}, md)
 
 
 if __name__ == "__main__":
