@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +36,21 @@ def _canonical(knob, value):
     return tuple(value) if isinstance(value, list) else value
 
 
+# What a knob's annotation accepts; the knobs' later range checks would fail on a wrong type with a bare TypeError.
+_ACCEPTED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list)}
+
+
+def _check_type(knob, value) -> None:
+    annotation = str(knob.type)
+    optional = annotation.startswith("Optional[")
+    name = annotation[len("Optional[") : -1] if optional else annotation
+    if name not in _ACCEPTED or (optional and value is None):
+        return
+    if isinstance(value, bool) and name != "bool" or not isinstance(value, _ACCEPTED[name]):
+        raise ValueError(f"{knob.name}: must be {'a list' if name == 'tuple' else name}{' or None' if optional else ''}, got {value!r}. "
+                         f"Fix: pass a value of that type")
+
+
 class NoRowsError(RuntimeError):
     """Every synthetic row was filtered out; the message carries the filter report and the fix."""
 
@@ -58,9 +74,13 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
         for knob in fields(self):
+            value = getattr(self, knob.name)
+            if isinstance(value, os.PathLike):
+                setattr(self, knob.name, os.fspath(value))
             # A bare string for a list knob would otherwise be iterated character by character.
-            if knob.type in ("tuple", tuple) and isinstance(getattr(self, knob.name), str):
-                setattr(self, knob.name, (getattr(self, knob.name),))
+            elif knob.type in ("tuple", tuple) and isinstance(value, str):
+                setattr(self, knob.name, (value,))
+            _check_type(knob, getattr(self, knob.name))
 
     @classmethod
     def check_knobs(cls, kwargs: dict) -> None:

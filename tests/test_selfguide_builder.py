@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from datasets import load_dataset
@@ -91,6 +92,7 @@ def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
             config_id(oversample=2), config_id(extra_noise_patterns=[])}  # as JSON or YAML spell 2.0 and ()
     assert len(same) == 1
     assert config_id(seed=1) not in same and config_id(model="some/other-model") not in same
+    assert config_id(model=Path("some/other-model")) == config_id(model="some/other-model")
     # A bare string for a list knob is one item, not one regex per character.
     assert SelfGuideConfig(task=task, extra_noise_patterns="lorem ipsum").extra_noise_patterns == ("lorem ipsum",)
     assert config_id(extra_noise_patterns="lorem ipsum") == config_id(extra_noise_patterns=["lorem ipsum"])
@@ -122,6 +124,10 @@ def test_bad_knobs_fail_before_any_model_work(tmp_path, tiny_model_dir):
         _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, oversample=0)
     with pytest.raises(selfguide.TaskSpecError, match="task"):
         load_dataset("selfguide", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="max_rounds: must be int, got 'abc'"):  # e.g. --set max_rounds=abc
+        _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, max_rounds="abc")
+    with pytest.raises(ValueError, match="temperature: must be float or None, got 'hot'"):
+        _load(FIXTURES / "sentiment_task.json", tiny_model_dir, tmp_path, temperature="hot")
 
 
 _RUN = """
