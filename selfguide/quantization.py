@@ -58,24 +58,25 @@ def _packing_layers(model) -> list:
     return [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
 
 
-def keep_4bit_trainable(model) -> None:
+def keep_4bit_trainable(model) -> list:
     """Stop bitsandbytes from ever repacking this model's 4-bit weights for CPU inference.
 
     On CPUs with AVX512-BF16, a Linear4bit in eval mode repacks its weight, once and for good, into a
     layout for an inference kernel (gemv_4bit) that has no backward. A model trained after any
     evaluation pass (the Trainer's evaluation loss, a generation) would then silently lose the
-    gradient that flows through every frozen 4-bit layer into the LoRA weights below it.
+    gradient that flows through every frozen 4-bit layer into the LoRA weights below it. Returns the
+    layers it changed.
     """
-    for layer in _packing_layers(model):
+    layers = _packing_layers(model)
+    for layer in layers:
         layer.support_avx512bf16_for_cpu = False
+    return layers
 
 
 @contextmanager
 def trainable_4bit_layout(model):
     """`keep_4bit_trainable` for the length of a block: evaluating a model someone else is training."""
-    layers = _packing_layers(model)
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
+    layers = keep_4bit_trainable(model)
     try:
         yield model
     finally:

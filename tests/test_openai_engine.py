@@ -49,6 +49,21 @@ def test_client_errors_fail_at_once_with_the_server_message():
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize(
+    "reply, shown",
+    [
+        ((200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]}), "message"),  # chat format
+        ((200, {"error": {"message": "model overloaded"}}), "model overloaded"),
+        ((200, ["not", "an", "object"]), "not an object"),
+    ],
+    ids=["chat-format", "error-with-200", "json-list"],
+)
+def test_answers_that_are_not_completions_fail_with_what_the_server_said(reply, shown):
+    with ScriptedServer(lambda prompt, body: reply) as server:
+        with pytest.raises(ServerError, match=f"{shown}.*Fix: point base_url at"):
+            OpenAIEngine(server.base_url, model="m", backoff=0.01).generate(["p"], SamplingParams())
+
+
 def test_a_server_that_is_down_is_named_in_the_error():
     base_url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()

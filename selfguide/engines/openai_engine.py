@@ -6,8 +6,8 @@ unchanged against a larger teacher served elsewhere.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -60,7 +60,7 @@ class OpenAIEngine(Engine):
         """The served model: the one named at construction, else the first the server lists."""
         if self._model is None:
             listed = self._request("GET", "/models").get("data") or []
-            if not listed:
+            if not listed or not isinstance(listed[0], dict) or "id" not in listed[0]:
                 raise ServerError(f"{self.base_url} lists no model under /v1/models. Fix: pass model=... explicitly")
             self._model = listed[0]["id"]
         return self._model
@@ -103,9 +103,15 @@ class OpenAIEngine(Engine):
                 "Fix: check the model name, the api key and the request limits of the server"
             )
         try:
-            return response.json()
+            answer = response.json()
         except ValueError as e:
             raise ServerError(f"{method} {url} answered with something that is not JSON: {response.text[:200]!r}") from e
+        if not isinstance(answer, dict):
+            raise ServerError(
+                f"{method} {url} answered with JSON that is not an object: {response.text[:200]!r}. "
+                "Fix: point base_url at an OpenAI-compatible server"
+            )
+        return answer
 
     def _sleep(self, attempt: int, retry_after: Optional[str]) -> None:
         delay = self.backoff * 2**attempt
@@ -140,17 +146,17 @@ class OpenAIEngine(Engine):
         # with a shifted seed so the extra samples are not copies of the first.
         while len(texts) < params.n:
             seed = None if params.seed is None else params.seed * 100_003 + index * 1_009 + len(texts)
-            choices = self._request("POST", "/completions", self._body(model, prompt, params, params.n - len(texts), seed))
-            got = sorted(choices.get("choices") or [], key=lambda c: c.get("index", 0))
-            if not got:
-                raise ServerError(f"{self.base_url} answered a completion request with no choices")
-            texts.extend(truncate_at_stop(c.get("text") or "", params.stop) for c in got)
+            answer = self._request("POST", "/completions", self._body(model, prompt, params, params.n - len(texts), seed))
+            got = answer.get("choices")
+            # A chat-format answer ("message") or an error object with status 200 would otherwise read as empty text.
+            if not got or not isinstance(got, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in got):
+                raise ServerError(
+                    f"{self.base_url} answered a completion request without choices that hold a 'text': "
+                    f"{json.dumps(answer)[:300]}. Fix: point base_url at a server of the OpenAI /v1/completions API"
+                )
+            got.sort(key=lambda c: c.get("index", 0))
+            texts.extend(truncate_at_stop(c["text"], params.stop) for c in got)
         return texts[: params.n]
-
-    def count_tokens(self, texts: list[str]) -> int:
-        """About four characters a token for English: the server's tokenizer is not at hand, and
-        counting words would undershoot the generation budgets derived from it."""
-        return sum(math.ceil(len(t) / 4) for t in texts)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         if not prompts:
