@@ -8,36 +8,53 @@ from collections import Counter
 from typing import Mapping, Optional, Sequence
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_TOKEN = re.compile(r"[a-z0-9]+")
+_TOKEN = re.compile(r"[^\W_]+")
 
 
 def normalize(text: str) -> str:
-    """Lowercase, drop punctuation and articles, squeeze whitespace (SQuAD/NI normalisation)."""
+    """Lowercase, drop punctuation and articles, squeeze whitespace (SQuAD normalisation), for free text."""
     text = _PUNCT.sub(" ", text.lower())
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
+
+
+def normalize_label(text: str) -> str:
+    """Lowercase, drop punctuation, squeeze whitespace: NI's answer normalisation, which keeps articles.
+
+    Labels are compared with this, not `normalize`: dropping articles would erase the labels "A" and
+    "An", so that an empty answer, "." or "the" read as A and "The answer is A." as no label.
+    """
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def match_label(answer: str, labels: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None) -> Optional[str]:
     """The label `answer` is, up to normalisation, or None: no search inside longer text.
 
     `aliases` maps a label to other names for it ("E": ["entailment"]); an answer that is an alias
-    reads as its label.
+    reads as its label. Text with no word in it is no label.
     """
-    by_norm = {normalize(alias): label for label, names in (aliases or {}).items() for alias in names}
-    by_norm.update({normalize(label): label for label in labels})
-    return by_norm.get(normalize(answer))
+    answer = normalize_label(answer)
+    if not answer:
+        return None
+    by_norm = {normalize_label(alias): label for label, names in (aliases or {}).items() for alias in names}
+    by_norm.update({normalize_label(label): label for label in labels})
+    return by_norm.get(answer)
 
 
 def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
     """The label whose normalised string ends last in `text` (models often explain before answering).
 
     Comparing end positions, then lengths, lets "not entailment" win over the "entailment" inside it.
+    Text with no word in it names no label.
     """
-    norm = f" {normalize(text)} "
+    norm = normalize_label(text)
+    if not norm:
+        # Its padded form "  " would equal the needle of a label that normalises to nothing.
+        return None
+    norm = f" {norm} "
     best, best_key = None, (-1, -1)
     for label in labels:
-        needle = f" {normalize(label)} "
+        needle = f" {normalize_label(label)} "
         pos = norm.rfind(needle)
         if pos != -1 and (pos + len(needle), len(needle)) > best_key:
             best, best_key = label, (pos + len(needle), len(needle))
@@ -46,7 +63,7 @@ def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
 
 def answer_counts(predictions: Sequence[str], labels: Sequence[str]) -> Counter:
     """How often each answer was given, read as exact match reads it (the label it names, else the text)."""
-    return Counter(extract_label(p, labels) or normalize(p) for p in predictions)
+    return Counter(extract_label(p, labels) or normalize_label(p) for p in predictions)
 
 
 def most_frequent_answer(predictions: Sequence[str], labels: Sequence[str]) -> tuple[str, float]:
@@ -64,6 +81,7 @@ def most_frequent_answer(predictions: Sequence[str], labels: Sequence[str]) -> t
 def exact_match(prediction: str, reference: str, labels: Optional[Sequence[str]] = None) -> float:
     if labels:
         prediction = extract_label(prediction, labels) or prediction
+        return float(normalize_label(prediction) == normalize_label(reference))
     return float(normalize(prediction) == normalize(reference))
 
 
@@ -82,10 +100,16 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over lowercase alphanumeric tokens."""
+    """ROUGE-L F1 over lowercase tokens: runs of letters and digits of any script.
+
+    On ASCII text the tokens are those of rouge_score's tokenizer, the paper's ROUGE-L (NI scores it with a
+    Porter stemmer, which this leaves out); that tokenizer keeps only [a-z0-9], so two Cyrillic, CJK or
+    Arabic texts would both be empty and tie at 1.0.
+    """
     p, r = _tokens(prediction), _tokens(reference)
     if not p or not r:
-        return float(p == r)
+        # With no word on a side there is nothing to overlap: only the same text matches.
+        return float(prediction.strip() == reference.strip())
     lcs = _lcs(p, r)
     if lcs == 0:
         return 0.0

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from .metrics import match_label, normalize
+from .metrics import match_label, normalize_label
 
 TaskType = Literal["classification", "generation"]
 TASK_TYPES = ("classification", "generation")
@@ -74,6 +74,16 @@ class Task:
         if self.is_classification:
             if not self.labels:
                 raise TaskSpecError("labels", "is empty for a classification task", "list the label strings", src)
+            for label in self.labels:
+                if not normalize_label(label):
+                    raise TaskSpecError("labels", f"label {label!r} has no letter or digit in it, so no answer can match it",
+                                        "name the label with a word, e.g. 'question' for '?'", src)
+            if len(set(self.labels)) < 2:
+                # Nothing to choose between: label scoring and class balance need a second class.
+                raise TaskSpecError(
+                    "labels", f"has only one label ({self.labels[0]!r}) for a classification task",
+                    "add examples of at least two labels, or set type: generation", src,
+                )
             known = set(self.labels)
             for field_name, rows in (("examples", self.examples), ("test", self.gold)):
                 for i, ex in enumerate(rows):
@@ -99,17 +109,17 @@ class Task:
             raise TaskSpecError("label_aliases", "is set for a generation task", "drop 'label_aliases' or set type: classification", src)
         # A single alias may be given bare; YAML reads a digit label as a number.
         self.label_aliases = {str(label): [names] if isinstance(names, str) else names for label, names in self.label_aliases.items()}
-        owner = {normalize(label): label for label in self.labels}
+        owner = {normalize_label(label): label for label in self.labels}
         for label, names in self.label_aliases.items():
             if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
                 raise TaskSpecError(f"label_aliases.{label}", "must be a non-empty string or list of them", f"write e.g. {label}: [entailment]", src)
             if label not in self.labels:
                 raise TaskSpecError(f"label_aliases.{label}", f"names no label of {self.labels}", "key each alias list by one of the labels", src)
             for name in names:
-                if not normalize(name):
+                if not normalize_label(name):
                     # Normalised away entirely ("the", "?"), it would match every empty answer.
                     raise TaskSpecError(f"label_aliases.{label}", f"alias {name!r} has no word in it", "give words, e.g. [entailment]", src)
-                taken = owner.setdefault(normalize(name), label)
+                taken = owner.setdefault(normalize_label(name), label)
                 if taken != label:
                     raise TaskSpecError(
                         f"label_aliases.{label}", f"alias {name!r} already names {taken!r}", "give each alias to one label only", src

@@ -71,7 +71,7 @@ def test_a_task_without_aliases_keeps_the_fingerprint_it_had_before_the_field(se
         ({"P": ["good"], "N": ["Good!"]}, "label_aliases.N"),  # one alias, two labels
         ({"N": ["P"]}, "label_aliases.N"),  # an alias that is another label
         ({"P": []}, "label_aliases.P"),
-        ({"P": ["the"]}, "label_aliases.P"),  # normalised to nothing
+        ({"P": ["?!"]}, "label_aliases.P"),  # normalised to nothing
         (["positive"], "label_aliases"),
     ],
 )
@@ -106,6 +106,18 @@ def test_bad_specs_name_the_field(sentiment_task_dict, mutate, field):
     assert "Fix:" in str(err.value)
 
 
+@pytest.mark.parametrize("given_labels", [True, False])
+def test_a_classification_task_with_one_label_is_refused(sentiment_task_dict, given_labels):
+    spec = dict(sentiment_task_dict, examples=[e for e in sentiment_task_dict["examples"] if e["output"] == "positive"], test=[])
+    if given_labels:
+        spec["labels"] = ["positive"]
+    else:
+        spec.pop("labels")  # inferred: every example answers "positive"
+    with pytest.raises(TaskSpecError, match="only one label.*Fix: add examples of at least two labels, or set type: generation") as err:
+        Task.load(spec)
+    assert err.value.field == "labels"
+
+
 def test_unreadable_files(tmp_path):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("instruction: caf\xe9".encode("latin-1"))
@@ -137,3 +149,10 @@ def test_yaml_scalars_are_read_as_written(tmp_path):
     task = Task.load(path)
     assert task.labels == ["yes", "no", "on"]
     assert [(e.input, e.output) for e in task.examples] == [("1.50", "yes"), ("Broke in a day", "no")]
+
+
+def test_a_label_no_answer_can_match_is_refused(sentiment_task_dict):
+    spec = {**sentiment_task_dict, "labels": ["positive", "?"],
+            "examples": [*sentiment_task_dict["examples"], {"input": "Is it any good", "output": "?"}]}
+    with pytest.raises(TaskSpecError, match="'labels': label '\\?' has no letter or digit"):
+        Task.from_dict(spec).validate()
