@@ -26,18 +26,12 @@ class Journal:
                 data = data[: data.rfind(b"\n") + 1]
                 with self.path.open("r+b") as f:
                     f.truncate(len(data))
-            for line in data.decode("utf-8").splitlines():
+            # Only "\n" ends a record: values are written with ensure_ascii=False, so U+2028, U+0085 and the
+            # like stand raw inside them, and str.splitlines would cut a record there. [:-1] drops the empty
+            # piece after the last newline.
+            for line in data.decode("utf-8").split("\n")[:-1]:
                 entry = json.loads(line)
                 self._done[entry["key"]] = entry["value"]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._done
-
-    def __len__(self) -> int:
-        return len(self._done)
-
-    def get(self, key: str) -> Any:
-        return self._done[key]
 
     def record(self, key: str, value: Any) -> None:
         with self.path.open("a", encoding="utf-8") as f:
