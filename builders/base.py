@@ -20,7 +20,7 @@ import datasets
 from ..journal import Journal
 from ..prompts import prompt_completion
 from ..report import FilterReport
-from ..student import DEFAULT_STUDENT
+from ..student import DEFAULT_STUDENT, resolve_dtype
 from ..task import Task, TaskSpecError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         for knob in ("num_examples", "batch_size"):
             if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
+        resolve_dtype(self.dtype)  # a bad name fails here, not when the engine loads after retrieval
         for knob in fields(self):
             value = getattr(self, knob.name)
             if isinstance(value, os.PathLike):

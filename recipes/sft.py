@@ -45,7 +45,7 @@ from selfguide.quantization import (
     quantization_summary,
     require_bitsandbytes,
 )
-from selfguide.student import DEFAULT_STUDENT, resolve_dtype, resolve_student
+from selfguide.student import DEFAULT_STUDENT, DTYPES, resolve_dtype, resolve_student
 from selfguide.task import TASK_TYPES, Task, TaskSpecError
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class ModelArguments:
         default="auto",
         metadata={"help": "dtype of the unquantised weights and of QLoRA's 4-bit matmuls; 'auto' is float32 on a CPU, and "
                   "bf16 (fp16 where bf16 is missing) on a GPU for QLoRA's matmuls and the frozen base under LoRA.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+                  "choices": list(DTYPES)},
     )
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "e.g. sdpa, eager, flash_attention_2."})
     finetuning: str = field(
@@ -404,7 +404,7 @@ def load_model(model_args: ModelArguments, path: str, training_args: RecipeConfi
     elif model_args.finetuning == "lora" and model_args.dtype == "auto" and training_args.device.type != "cpu":
         kwargs["dtype"] = resolve_dtype("auto")  # the base is frozen: half precision costs the updates nothing
     else:
-        kwargs["dtype"] = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+        kwargs["dtype"] = torch.float32 if model_args.dtype == "auto" else resolve_dtype(model_args.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:

@@ -8,6 +8,8 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
+from .student import DTYPES
+
 DEMO_TASK = "demo_support_tickets.yaml"
 
 
@@ -39,7 +41,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="load the base in 4-bit nf4 (default: as the adapter was trained, 4-bit when its model card says QLoRA)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N gold rows")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="weights of a full-precision base (auto: bf16/fp16 on a GPU, float32 on a CPU)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the scores, with each model's answers, to this JSON file")
     p.set_defaults(func=run_evaluate)

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 
 DEFAULT_STUDENT = "embedded:gemma-3-270m"
+# The choices of `selfguide evaluate --dtype`; any other torch attribute ("nn", "int8") is no weight dtype.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def cache_root() -> Path:
@@ -83,6 +85,8 @@ def resolve_student(model: Optional[str] = None) -> str:
 
 
 def resolve_dtype(dtype: str = "auto") -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not one of {DTYPES}. Fix: pass one of them, e.g. 'bfloat16' for bf16")
     if dtype != "auto":
         return getattr(torch, dtype)
     if torch.cuda.is_available():
@@ -95,9 +99,11 @@ def resolve_dtype(dtype: str = "auto") -> torch.dtype:
 def load_student(model: Optional[str] = None, dtype: str = "auto", device: Optional[str] = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Checked first: resolving the student can spend minutes converting a GGUF file.
+    torch_dtype = resolve_dtype(dtype)
     path = resolve_student(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
     lm.eval()
     return lm, tokenizer

@@ -59,6 +59,15 @@ def test_load_dataset_turns_retrieved_rows_into_task_rows(store, tmp_path, monke
     assert source_record(first["prompt"])["text"] in {r["text"] for r in by_id.values()}
 
 
+def test_rows_cut_to_num_examples_are_in_the_report(store, tmp_path):
+    with ScriptedServer(copying_teacher) as server:
+        ds = _load(store.path, server.base_url, tmp_path / "cache", num_examples=3)  # one batch rewrites all 6 retrieved
+    report = selfguide.filter_report(ds).to_dict()
+    assert report["transform"]["out"] == 6
+    assert report["final"] == {"in": 6, "out": 3, "dropped": {"over_budget": 3}}
+    assert list(report)[-1] == "final" and len(ds["train"]) == 3
+
+
 def _always_positive(prompt, body):
     reply = json.loads('{"input": "' + copying_teacher(prompt, body))
     return json.dumps(reply["input"])[1:] + ', "output": "positive"}'
@@ -147,6 +156,8 @@ def test_missing_or_unfinished_datastores_fail_before_any_work(tmp_path):
     from selfguide.builders.rebase import ReBaseConfig
 
     assert ReBaseConfig(task=str(TASK), datastore="store", exclude_datasets="imdb_*").exclude_datasets == ("imdb_*",)
+    with pytest.raises(ValueError, match="dtype: 'bf16' is not one of"):  # not ignored when a server rewrites
+        ReBaseConfig(task=str(TASK), datastore="store", base_url="http://127.0.0.1:9", dtype="bf16")
     with pytest.raises(ValueError, match="candidates: .* must be at least 1, got 0"):
         load_dataset("rebase", task=str(TASK), datastore=str(tmp_path), candidates=0, cache_dir=str(tmp_path))
     with pytest.raises(DatastoreError, match="no such folder"):

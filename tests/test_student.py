@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 
+from selfguide import student
 from selfguide.student import resolve_dtype, resolve_student
 
 
@@ -26,6 +27,21 @@ def test_dtype_resolution():
         assert resolve_dtype("auto") is torch.float32
     else:
         assert resolve_dtype("auto") is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "nn", "int8", "Float32"])
+def test_dtype_outside_the_choices_is_refused(dtype):
+    with pytest.raises(ValueError, match=r"dtype: .* is not one of .*Fix"):
+        resolve_dtype(dtype)
+
+
+def test_load_student_checks_dtype_before_resolving_the_model(monkeypatch):
+    def resolve(model):
+        raise AssertionError("resolved (and maybe converted) the student before checking dtype")
+
+    monkeypatch.setattr(student, "resolve_student", resolve)
+    with pytest.raises(ValueError, match="dtype: 'bf16'"):
+        student.load_student("org/some-model", dtype="bf16")
 
 
 _CONVERT = "from selfguide.student import resolve_student; print(resolve_student(None))"
