@@ -47,7 +47,7 @@ class SelfGuideConfig(TaskDatasetConfig):
     # (c) output annotation
     # classification: "likelihood" (calibrated), "channel" (the label under which the input is likeliest) or "vote" (paper)
     label_strategy: str = "likelihood"
-    calibrate: bool = True
+    calibrate: bool = True  # likelihood labels only: with "channel" or "vote" it changes nothing, nor the cache key
     annotation_samples: int = 5
     annotation_temperature: float = 0.2
     min_majority: float = 0.3
@@ -79,6 +79,13 @@ class SelfGuideConfig(TaskDatasetConfig):
         if self.oversample <= 0:
             # No candidates would be asked for, and the empty result would be blamed on the filters.
             raise ValueError(f"oversample: candidate inputs per missing row, must be above 0, got {self.oversample}")
+
+    def cache_kwargs(self) -> dict:
+        kwargs = super().cache_kwargs()
+        # Toggling a knob the labeller ignores must not re-run an identical build.
+        if self.label_strategy != "likelihood":
+            del kwargs["calibrate"]
+        return kwargs
 
 
 class SelfGuide(TaskDatasetBuilder):

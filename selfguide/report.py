@@ -30,6 +30,13 @@ class FilterReport:
         s.rows_out += rows_out
         s.dropped.update({k: v for k, v in (dropped or {}).items() if v})
 
+    def cut(self, rows: list, size: int) -> list:
+        """The first `size` rows; the overshoot of the last batch is recorded, so the report ends at the
+        dataset's row count."""
+        if len(rows) > size:
+            self.add("final", len(rows), size, {"over_budget": len(rows) - size})
+        return rows[:size]
+
     def to_dict(self) -> dict:
         return {n: {"in": s.rows_in, "out": s.rows_out, "dropped": dict(s.dropped)} for n, s in self.stages.items()}
 

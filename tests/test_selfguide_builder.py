@@ -97,6 +97,11 @@ def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
     assert SelfGuideConfig(task=task, extra_noise_patterns="lorem ipsum").extra_noise_patterns == ("lorem ipsum",)
     assert config_id(extra_noise_patterns="lorem ipsum") == config_id(extra_noise_patterns=["lorem ipsum"])
 
+    # calibrate changes likelihood labels only.
+    assert config_id(calibrate=False) != config_id()
+    for strategy in ("channel", "vote"):
+        assert config_id(label_strategy=strategy, calibrate=False) == config_id(label_strategy=strategy)
+
 
 def test_cache_key_covers_the_code_a_builder_runs_and_nothing_else():
     from selfguide.registry import _imported_files

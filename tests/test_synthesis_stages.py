@@ -1,6 +1,7 @@
 """Each SELF-GUIDE stage on its own; the model calls use the tiny random model."""
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -87,6 +88,26 @@ def test_input_filter_reasons():
     assert f.accept("Sentence 1: A man rides a red bike. Sentence 2: Someone is cycling fast.") == "near_duplicate"
 
 
+def test_noise_rules_a_demonstration_input_breaks_are_left_out(caplog):
+    greetings = ["Hi, my order #1234 never arrived. Can you check?", "Hi, I was charged twice for one concert ticket."]
+    f = InputFilter(gold_inputs=greetings, instruction="Classify the support message by its topic.")
+    assert f.accept("Hi, the app crashes whenever I open my profile.") is None
+    assert f.accept("Hi, the app crashes. Output: technical problem") == "noise"  # the other rules still apply
+    facts = ["Fact: Water boils at 100 degrees Celsius. Answer: 100 degrees", "Fact: The moon orbits the earth. Answer: the earth"]
+    f = InputFilter(gold_inputs=facts, instruction="Write a question about the fact whose answer is the given answer.")
+    assert required_markers(facts) == {"Fact", "Answer"}
+    assert f.accept("Fact: Bees make honey out of nectar. Answer: honey") is None
+    assert f.accept("Fact: Bees make honey. Answer: honey Output: What do bees make?") == "noise"
+    # An instruction the inputs quote is no leak.
+    quoted = ["Read the passage below and name its topic. Passage: Rain fell all day.", "Read the passage below and name its topic. Passage: Stocks rose."]
+    f = InputFilter(gold_inputs=quoted, instruction="Read the passage below and name its topic in one word.")
+    assert f.accept("Read the passage below and name its topic. Passage: A cat slept.") is None
+    # The user's own pattern holds even against the demonstrations, with a warning.
+    f = InputFilter(gold_inputs=greetings, instruction="Classify the support message by its topic.", extra_noise_patterns=[r"^hi\b"])
+    assert f.accept("Hi, the app crashes whenever I open my profile.") == "noise"
+    assert "extra_noise_patterns" in caplog.text
+
+
 def test_vote_majority_threshold_and_ties():
     assert vote(["yes", "yes", "no"], 0.3).output == "yes"
     tie = vote(["the long answer", "short", "x y z w"], 0.3)
@@ -136,6 +157,15 @@ def test_rank_balance_labels_each_row_by_its_margin():
     assert {r["input"]: r["output"] for r in out} == {"x0": "a", "x5": "a", "x2": "b", "x3": "b"}
     assert all("label_scores" not in r for r in out)
     assert [round(r["agreement"], 2) for r in out] == [0.9, 0.4, 0.45, 0.95]
+
+
+def test_rank_balance_shares_a_short_pool_equally():
+    import math
+
+    # 30 rows leaning towards "a", 64 asked for: the cap follows the pool, not the request.
+    rows = [{"input": f"x{i}", "output": "a", "label_scores": [math.log(p) for p in (0.6 + i / 100, 0.3, 0.1 - i / 1000)]} for i in range(30)]
+    out = assign_by_rank(rows, ["a", "b", "c"], size=64)
+    assert sorted(Counter(r["output"] for r in out).values()) == [10, 10, 10]
 
 
 def test_output_filter_copies_and_length(rewrite_task_dict):

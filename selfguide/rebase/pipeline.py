@@ -95,7 +95,7 @@ class ReBasePipeline:
             if len(rows) >= self.cfg.num_examples:
                 break
         record(outcomes, self.report)
-        return rows[: self.cfg.num_examples]
+        return self.report.cut(rows, self.cfg.num_examples)
 
     def _row(self, source: Retrieved, outcome: Outcome) -> dict:
         row = {

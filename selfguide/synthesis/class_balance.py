@@ -37,7 +37,8 @@ def assign_by_rank(rows: list[dict], labels: Sequence[str], size: int) -> list[d
     confidently in a class relative to the others. Rows are taken by margin (the class's
     log-probability minus the best other class's), highest first, while their class has room.
     """
-    per_class = class_cap(size, labels)
+    # A pool short of `size` (max_rounds ran out) is shared out equally too, not filled class by class.
+    per_class = class_cap(min(size, len(rows)), labels)
     pairs = []
     for i, row in enumerate(rows):
         scores = row["label_scores"]

@@ -6,12 +6,15 @@ the filter report can say why data went missing.
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..metrics import normalize
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NOISE_PATTERNS = (
     r"^\s*(hi|hello|hey|dear|greetings|thanks|thank you|sure|okay|of course)\b",
@@ -45,19 +48,29 @@ def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
+def _first_match(pattern: re.Pattern, texts: Sequence[str]) -> Optional[str]:
+    return next((t for t in texts if pattern.search(t)), None)
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
 @dataclass
 class InputFilter:
-    """Stateful across rounds: it remembers what it accepted so later duplicates are caught."""
+    """Stateful across rounds: it remembers what it accepted so later duplicates are caught.
+
+    The built-in noise rules guess what a task's inputs never hold; a guess that a gold input
+    contradicts (support messages opening "Hi,", a "Fact: ... Answer: ..." format) would drop every
+    faithful input, so it is left out for that task. `extra_noise_patterns` are the user's and stay.
+    """
 
     gold_inputs: Sequence[str]
     instruction: str
     std_factor: float = 2.0
     length_floor: float = 0.5
     noise_patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS
+    extra_noise_patterns: Sequence[str] = ()
     check_format: bool = True
     near_duplicate_threshold: float = 0.8
     instruction_overlap_words: int = 8
@@ -66,14 +79,38 @@ class InputFilter:
 
     def __post_init__(self):
         self.window = length_window([len(t) for t in self.gold_inputs], self.std_factor, self.length_floor)
-        self.markers = required_markers(self.gold_inputs) if self.check_format else set()
+        markers = required_markers(self.gold_inputs)
+        self.markers = markers if self.check_format else set()
         self.single_line = self.check_format and all("\n" not in t.strip() for t in self.gold_inputs)
-        self._noise = [re.compile(p, re.IGNORECASE) for p in self.noise_patterns]
+        # A field every gold input carries ("Answer:") is the task's format, not a leaked output marker.
+        self._format_markers = re.compile(r"(?:^|(?<=\s))(?:%s):" % "|".join(map(re.escape, sorted(markers)))) if markers else None
+        unmarked_gold = [self._unmarked(t) for t in self.gold_inputs]
+        self._noise = []
+        for compiled in (re.compile(p, re.IGNORECASE) for p in self.noise_patterns):
+            hit = _first_match(compiled, unmarked_gold)
+            if hit is None:
+                self._noise.append(compiled)
+            else:
+                logger.info("input filters: noise pattern %r not applied, a demonstration input matches it: %.80r", compiled.pattern, hit)
+        self._extra_noise = [re.compile(p, re.IGNORECASE) for p in self.extra_noise_patterns]
+        for compiled in self._extra_noise:
+            hit = _first_match(compiled, self.gold_inputs)
+            if hit is not None:
+                logger.warning("extra_noise_patterns: %r matches the demonstration input %.80r, so inputs like it are dropped. "
+                               "Fix: narrow the pattern if that is not meant", compiled.pattern, hit)
         words = normalize(self.instruction).split()
         n = self.instruction_overlap_words
-        self._instruction_ngrams = {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+        ngrams = {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+        # Inputs that quote the instruction by design (a passage it names) are not leaks.
+        gold_norm = [normalize(t) for t in self.gold_inputs]
+        self._instruction_ngrams = {g for g in ngrams if not any(g in t for t in gold_norm)}
+        if len(self._instruction_ngrams) < len(ngrams):
+            logger.info("input filters: %d instruction n-grams not checked, demonstration inputs quote them", len(ngrams) - len(self._instruction_ngrams))
         for text in self.gold_inputs:
             self._remember(text)
+
+    def _unmarked(self, text: str) -> str:
+        return self._format_markers.sub(" ", text) if self._format_markers else text
 
     def _remember(self, text: str) -> None:
         self._seen.add(normalize(text))
@@ -86,7 +123,8 @@ class InputFilter:
         low, high = self.window
         if not low <= len(stripped) <= high:
             return "length"
-        if any(p.search(stripped) for p in self._noise):
+        unmarked = self._unmarked(stripped)
+        if any(p.search(unmarked) for p in self._noise) or any(p.search(stripped) for p in self._extra_noise):
             return "noise"
         norm = normalize(stripped)
         if self._instruction_ngrams and any(g in norm for g in self._instruction_ngrams):

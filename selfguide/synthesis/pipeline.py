@@ -20,7 +20,7 @@ from ..prompts import OUTPUT_STOP
 from ..report import FilterReport
 from ..task import Example, Task
 from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest
-from .input_filters import DEFAULT_NOISE_PATTERNS, InputFilter
+from .input_filters import InputFilter
 from .input_generation import INPUT_STOP, build_input_prompt, draw_target_label, input_max_new_tokens
 from .label_calibration import label_by_channel, label_by_likelihood
 from .output_annotation import Annotation, sample_outputs, vote
@@ -46,7 +46,7 @@ class SelfGuidePipeline:
             instruction=task.instruction,
             std_factor=cfg.length_std_factor,
             length_floor=cfg.length_window_floor,
-            noise_patterns=DEFAULT_NOISE_PATTERNS + tuple(cfg.extra_noise_patterns),
+            extra_noise_patterns=cfg.extra_noise_patterns,
             check_format=cfg.format_check,
             near_duplicate_threshold=cfg.near_duplicate_threshold,
         )
@@ -182,7 +182,4 @@ class SelfGuidePipeline:
             balanced = downsample_to_smallest(rows, cfg.seed)
             self.report.add("downsample", len(rows), len(balanced), {"class_balance": len(rows) - len(balanced)})
             rows = balanced
-        if len(rows) > cfg.num_examples:
-            self.report.add("final", len(rows), cfg.num_examples, {"over_budget": len(rows) - cfg.num_examples})
-            rows = rows[: cfg.num_examples]
-        return rows
+        return self.report.cut(rows, cfg.num_examples)
