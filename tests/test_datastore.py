@@ -279,13 +279,8 @@ def test_a_bad_index_factory_fails_before_any_source_is_read(tmp_path, monkeypat
         build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory=factory)
 
 
-def test_trained_indexes_build_and_too_few_texts_keep_the_embeddings_for_the_fix(tmp_path, monkeypatch):
-    store = build_datastore(FIXTURES / "recipes.csv", tmp_path / "ivf", index_factory="IVF2,Flat")
-    assert type(store.texts.get_index(Datastore.INDEX).faiss_index).__name__ == "IndexIVFFlat"
-    assert store.search(store.text_embeddings([0]), 1)[1][0][0] == 0
-
-    with pytest.raises(DatastoreError, match="index_factory 'IVF64,Flat': cannot be trained on this datastore's 18 texts"):
-        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="IVF64,Flat")
+def _count_embedded_texts(monkeypatch) -> list:
+    """The texts embedded from now on, in order: the real embedder still runs."""
     embedded = []
     real_embed = ds_module.embed
 
@@ -294,6 +289,17 @@ def test_trained_indexes_build_and_too_few_texts_keep_the_embeddings_for_the_fix
         return real_embed(texts, *args, **kwargs)
 
     monkeypatch.setattr(ds_module, "embed", counting_embed)
+    return embedded
+
+
+def test_trained_indexes_build_and_too_few_texts_keep_the_embeddings_for_the_fix(tmp_path, monkeypatch):
+    store = build_datastore(FIXTURES / "recipes.csv", tmp_path / "ivf", index_factory="IVF2,Flat")
+    assert type(store.texts.get_index(Datastore.INDEX).faiss_index).__name__ == "IndexIVFFlat"
+    assert store.search(store.text_embeddings([0]), 1)[1][0][0] == 0
+
+    with pytest.raises(DatastoreError, match="index_factory 'IVF64,Flat': cannot be trained on this datastore's 18 texts"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="IVF64,Flat")
+    embedded = _count_embedded_texts(monkeypatch)
     fixed = build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="Flat")
     assert embedded == fixed.sources["description"]  # the rows' texts came from the failed build's work
     assert fixed.meta["index_factory"] == "Flat" and fixed.fingerprint != store.fingerprint
@@ -334,20 +340,13 @@ def test_interrupted_build_is_never_taken_as_whole_and_resumes(tmp_path, monkeyp
     with pytest.raises(DatastoreError, match="incomplete \\(its build was interrupted\\)"):
         Datastore.load(target)
 
-    embedded = []
-    real_embed = ds_module.embed
-
-    def counting_embed(texts, *args, **kwargs):
-        embedded.extend(texts)
-        return real_embed(texts, *args, **kwargs)
-
-    monkeypatch.setattr(ds_module, "embed", counting_embed)
+    embedded = _count_embedded_texts(monkeypatch)
     store = build_datastore(sources, target, chunk_size=1)
     texts = store.texts["text"]
     descriptions = store.sources["description"]
     # Only the chunks the killed run had not finished were embedded again (plus the descriptions).
     assert len(embedded) == len(texts) - done_before + len(descriptions)
-    np.testing.assert_allclose(store.text_embeddings(), real_embed(texts), atol=1e-5)
+    np.testing.assert_allclose(store.text_embeddings(), embed(texts), atol=1e-5)
     assert not (target / ".build").exists()
     assert Datastore.load(target).fingerprint == store.fingerprint
 
