@@ -366,13 +366,18 @@ def test_same_sources_reuse_a_datastore_and_other_sources_need_overwrite(tmp_pat
     assert build_datastore(moved, tmp_path / "store", index_factory="Flat").fingerprint == first.fingerprint
     monkeypatch.setattr(ds_module, "embed", real_embed)
     moved.write_bytes(moved.read_bytes() + b"\n")
-    with pytest.raises(DatastoreError, match="overwrite=True"):
+    with pytest.raises(DatastoreError, match="built from other sources. Fix: pass overwrite=True"):
         build_datastore(moved, tmp_path / "store", index_factory="Flat")
     with pytest.raises(DatastoreError, match="overwrite=True"):
         build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store")
     second = build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store", overwrite=True)
     assert second.fingerprint != first.fingerprint
     assert "Home cooking" in second.sources["description"][0]
+
+    meta = json.loads((tmp_path / "store" / "meta.json").read_text())
+    (tmp_path / "store" / "meta.json").write_text(json.dumps(dict(meta, format=meta["format"] - 1)))
+    with pytest.raises(DatastoreError, match="built by another version of selfguide. Fix: pass overwrite=True"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store")
 
 
 def test_the_datastore_command_builds_reuses_and_reports_bad_sources(tmp_path, capsys):

@@ -536,7 +536,9 @@ def build_datastore(
             if (path / _MARKER).read_text().strip() == fingerprint:
                 return Datastore.load(path)
             if not overwrite:
-                raise DatastoreError(f"{path} already holds a datastore built from other sources. Fix: pass overwrite=True (`selfguide datastore --overwrite`) or another path")
+                built_by = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format") if (path / "meta.json").exists() else None
+                why = "was built by another version of selfguide" if built_by != FORMAT_VERSION else "was built from other sources"
+                raise DatastoreError(f"{path} already holds a datastore, which {why}. Fix: pass overwrite=True (`selfguide datastore --overwrite`) or another path")
         elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / _BUILD).exists():
             # Even with overwrite: it replaces a datastore or an interrupted build, never a folder of other files.
             raise DatastoreError(f"{path} exists, is not an empty folder and is not a datastore. Fix: choose an empty or new folder")
