@@ -35,8 +35,7 @@ def test_every_source_kind_lands_with_its_provenance(store):
 
     review = next(r for r in _rows(store, "imdb_small") if r["row_id"] == "r07")
     assert (review["split"], review["license"]) == ("test", "IMDb terms of use")
-    assert json.loads(review["content"]) == {
-        "task_type": "sentiment",  # constant over imdb_small: not a cell (below), yet part of the row
+    assert json.loads(review["content"]) == {  # task_type, constant over imdb_small, is kept with the dataset
         "text": "A moving, beautifully directed film that stays with you.",
         "label": "positive",
     }
@@ -64,22 +63,25 @@ def test_each_dataset_has_a_description_and_constant_columns_join_it(store):
     assert imdb["num_rows"] == 11
 
 
-def test_a_constant_label_column_stays_in_each_rows_content(tmp_path):
+def test_a_file_of_one_class_keeps_its_label_with_the_dataset(tmp_path):
     from selfguide.rebase.retrieval import carried_label
 
+    guideline = "Rate the review as the critic who wrote it would rate it."
     for name, label, texts in [("pos", "positive", ["Loved every minute of it.", "A joy to watch."]),
                                ("neg", "negative", ["Dull and far too long.", "I walked out halfway."])]:
-        rows = [{"text": t, "label": label, "guideline": "Rate the review as the critic who wrote it would rate it."} for t in texts]
+        rows = [{"text": t, "label": label, "guideline": guideline} for t in texts]
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     store = build_datastore([tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"], tmp_path / "store", index_factory="Flat")
     for row in store.rows:
+        label = {"pos": "positive", "neg": "negative"}[row["dataset"]]
         content = json.loads(row["content"])
-        assert content["label"] == {"pos": "positive", "neg": "negative"}[row["dataset"]]
-        assert "guideline" not in content  # a long constant describes the dataset, not the row
-        assert row["cell_columns"] == ["text"]  # the label still describes the dataset rather than the row
-        assert carried_label(store, ["positive", "negative"], row["dataset"], row["config"], content) == content["label"]
+        # Constant columns are neither cells nor repeated in each row the rewriter reads ...
+        assert content == {"text": content["text"]} and row["cell_columns"] == ["text"]
+        # ... but stay with the dataset, so the row's own label is still carried.
+        assert store.constant_columns(row["dataset"], row["config"]) == {"guideline": guideline, "label": label}
+        assert carried_label(store, ["positive", "negative"], row["dataset"], row["config"], content) == label
     assert "label: negative" in _source(store, "neg")["description"]
-    assert "guideline: Rate the review" in _source(store, "neg")["description"]
+    assert Datastore.load(store.path).constant_columns("neg", _source(store, "neg")["config"])["label"] == "negative"
 
 
 def test_distinct_texts_are_embedded_once_with_unit_vectors(store):

@@ -124,7 +124,7 @@ def test_excluded_datasets_never_come_back(store, task):
 def test_rows_keep_their_provenance_and_content(store, task):
     row = retrieve(store, task, 1)[0]
     assert (row.license, row.config) == ("IMDb terms of use", "")
-    assert set(row.content) == {"task_type", "text", "label"} and row.content["label"] in ("positive", "negative")
+    assert set(row.content) == {"text", "label"} and row.content["label"] in ("positive", "negative")
 
 
 def test_k_must_be_positive(store, task):

@@ -39,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "embedded:all-MiniLM-L6-v2"
 DEFAULT_INDEX = "HNSW32"
-FORMAT_VERSION = 2  # 2: a row's content keeps its dataset's short constant columns
-# A constant column of at most this many words is label-like and kept in each row's content.
-_SHORT_VALUE_WORDS = 3
+FORMAT_VERSION = 3  # 3: each dataset keeps its constant columns (a file of one class keeps its label)
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Data files that cannot be read as they are: their names still mean a local file, never a Hub id.
 _OTHER_FILE_SUFFIXES = (".txt", ".tsv", ".arrow", ".gz", ".zip")
@@ -372,7 +370,9 @@ def _constant_columns(rows: list[dict]) -> dict[str, str]:
     """Columns with one value across a dataset's rows (an NI task definition, a task type).
 
     Such a value describes the dataset: it joins the description and is not embedded as a cell, where
-    it would make every row of the dataset look alike. A short one stays in each row's content too.
+    it would make every row of the dataset look alike, nor repeated in each row's content, which the
+    rewriter reads (shown `task_type` in every record, the student copied the demonstrations twice as
+    often on NI's task036). The dataset keeps them: a file of one class still has its label.
     """
     if len(rows) < 2:
         return {}
@@ -405,7 +405,7 @@ def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], m
             merged.rows.extend(g.rows)
     text_ids: dict[str, int] = {}
     rows = {k: [] for k in ("dataset", "config", "split", "row_id", "license", "source", "content", "cell_columns", "cell_ids")}
-    srcs = {k: [] for k in ("dataset", "config", "description", "license", "num_rows")}
+    srcs = {k: [] for k in ("dataset", "config", "description", "constant", "license", "num_rows")}
     no_text = 0
     for g in groups.values():
         sampled = [r for _, r in evenly_spaced(g.rows, len(g.rows), max_rows)]
@@ -422,15 +422,14 @@ def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], m
                 rows[key].append(value)
             rows["license"].append(r["license"] or g.license)
             rows["source"].append(len(srcs["dataset"]))
-            # A short constant (a file of one class) is still this row's label, for the rewriter and carried_label;
-            # a long one (an NI task definition) would lengthen every rewrite prompt and its answer budget.
-            content = {c: v for c, v in r["values"].items() if len(constant.get(c, "").split()) <= _SHORT_VALUE_WORDS}
+            content = {c: v for c, v in r["values"].items() if c not in constant}
             rows["content"].append(json.dumps(content, ensure_ascii=False, default=str))
             rows["cell_columns"].append([c for c, _ in cells])
             rows["cell_ids"].append([text_ids.setdefault(t, len(text_ids)) for _, t in cells])
         if kept:
             for key, value in (("dataset", g.dataset), ("config", g.config), ("description", _describe(g, constant))):
                 srcs[key].append(value)
+            srcs["constant"].append(json.dumps(constant, ensure_ascii=False))
             srcs["license"].append(g.license or next((r["license"] for r in sampled if r["license"]), ""))
             srcs["num_rows"].append(kept)
     if not rows["dataset"]:
@@ -602,6 +601,7 @@ class Datastore:
         self.rows, self.texts, self.sources, self.meta, self.path = rows, texts, sources, meta, path
         self._text_to_rows: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._column_values: dict[tuple[str, str, str], Optional[frozenset]] = {}
+        self._constants: dict[tuple[str, str], dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -728,8 +728,18 @@ class Datastore:
     def cells(self, row_ids: Sequence[int]) -> list[list[int]]:
         return self.rows.data.column("cell_ids").take(pa.array(np.asarray(row_ids, dtype=np.int64))).to_pylist()
 
+    def constant_columns(self, dataset: str, config: str) -> dict[str, str]:
+        """The columns with one value over all of a dataset's rows, kept with the dataset, not in each row."""
+        if (dataset, config) not in self._constants:
+            found = next((s for s in self.sources if (s["dataset"], s["config"]) == (dataset, config)), None)
+            self._constants[(dataset, config)] = json.loads(found["constant"]) if found else {}
+        return self._constants[(dataset, config)]
+
     def column_values(self, dataset: str, config: str, column: str, limit: int = 32) -> Optional[frozenset]:
         """The distinct values of `column` over a dataset's rows as text, or None past `limit` (free text)."""
+        constant = self.constant_columns(dataset, config)
+        if column in constant:
+            return frozenset({constant[column]})
         key = (dataset, config, column)
         if key not in self._column_values:
             table = self.rows.data.table

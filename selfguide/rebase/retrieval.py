@@ -119,7 +119,8 @@ def carried_label(
     None when no column qualifies or two disagree.
     """
     found = set()
-    for column, value in content.items():
+    # A file of one class holds its label in a column constant over the dataset, kept with the dataset.
+    for column, value in {**store.constant_columns(dataset, config), **content}.items():
         label = match_label(value, labels, aliases) if isinstance(value, str) else None
         if label is None:
             continue
