@@ -40,7 +40,7 @@ from ni_v2 import NI_LABEL_ALIASES, split_rows
 from selfguide import Task
 from selfguide.task import Example
 from selfguide.engines import SamplingParams, TransformersEngine
-from selfguide.metrics import normalize
+from selfguide.metrics import normalize_label
 from selfguide.prompts import OUTPUT_STOP
 from selfguide.student import resolve_student
 from selfguide.metrics import extract_label
@@ -103,7 +103,7 @@ def verbalized(task: Task) -> Task:
 
 
 def accuracy(predicted: list, gold: list[str]) -> float:
-    return 100 * sum(p is not None and normalize(p) == normalize(g) for p, g in zip(predicted, gold)) / len(gold)
+    return 100 * sum(p is not None and normalize_label(p) == normalize_label(g) for p, g in zip(predicted, gold)) / len(gold)
 
 
 def main() -> None:

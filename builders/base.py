@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 import datasets
+import numpy as np
 
 from ..journal import Journal
 from ..prompts import prompt_completion
@@ -36,19 +38,27 @@ def _canonical(knob, value):
     return tuple(value) if isinstance(value, list) else value
 
 
-# What a knob's annotation accepts; the knobs' later range checks would fail on a wrong type with a bare TypeError.
-_ACCEPTED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list)}
-
-
-def _check_type(knob, value) -> None:
+def _typed(knob, value):
+    """`value` as the knob's annotated type: numpy numbers and 0/1 flags are coerced, a set becomes a sorted
+    tuple; anything else of the wrong type is refused here, since the later range checks would fail on it with
+    a bare TypeError."""
     annotation = str(knob.type)
     optional = annotation.startswith("Optional[")
     name = annotation[len("Optional[") : -1] if optional else annotation
-    if name not in _ACCEPTED or (optional and value is None):
-        return
-    if isinstance(value, bool) and name != "bool" or not isinstance(value, _ACCEPTED[name]):
-        raise ValueError(f"{knob.name}: must be {'a list' if name == 'tuple' else name}{' or None' if optional else ''}, got {value!r}. "
-                         f"Fix: pass a value of that type")
+    if optional and value is None:
+        return value
+    if name == "bool" and (isinstance(value, (bool, np.bool_)) or value in (0, 1) and isinstance(value, numbers.Integral)):
+        return bool(value)
+    if name == "int" and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if name == "float" and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value) if isinstance(value, np.floating) else value
+    if name == "str" and isinstance(value, str) or name not in ("bool", "int", "float", "str", "tuple"):
+        return value
+    if name == "tuple" and isinstance(value, (tuple, list, set, frozenset)):
+        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else value
+    kind = "a list" if name == "tuple" else name
+    raise ValueError(f"{knob.name}: must be {kind}{' or None' if optional else ''}, got {value!r}. Fix: pass a value of that type")
 
 
 class NoRowsError(RuntimeError):
@@ -70,18 +80,18 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         super().__post_init__()
         if self.task is None:
             raise TaskSpecError("task", "is missing", 'pass load_dataset(..., task="path/to/task.yaml") or a dict')
-        for knob in ("num_examples", "batch_size"):
-            if not isinstance(getattr(self, knob), int) or getattr(self, knob) < 1:
-                raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
-        resolve_dtype(self.dtype)  # a bad name fails here, not when the engine loads after retrieval
         for knob in fields(self):
             value = getattr(self, knob.name)
             if isinstance(value, os.PathLike):
-                setattr(self, knob.name, os.fspath(value))
+                value = os.fspath(value)
             # A bare string for a list knob would otherwise be iterated character by character.
             elif knob.type in ("tuple", tuple) and isinstance(value, str):
-                setattr(self, knob.name, (value,))
-            _check_type(knob, getattr(self, knob.name))
+                value = (value,)
+            setattr(self, knob.name, _typed(knob, value))
+        for knob in ("num_examples", "batch_size"):
+            if getattr(self, knob) < 1:
+                raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
+        resolve_dtype(self.dtype)  # a bad name fails here, not when the engine loads after retrieval
 
     @classmethod
     def check_knobs(cls, kwargs: dict) -> None:

@@ -50,7 +50,7 @@ class ReBaseConfig(TaskDatasetConfig):
         super().__post_init__()
         if not self.datastore:
             raise ValueError(
-                "datastore: is missing. Fix: build one with selfguide.rebase.build_datastore(sources, path) and pass datastore=path"
+                "datastore: is missing. Fix: build one with selfguide.rebase.build_datastore(sources, path) or `selfguide datastore`, and pass datastore=path"
             )
         if self.retrieve_factor < 1:
             raise ValueError(f"retrieve_factor: must be at least 1, got {self.retrieve_factor}")

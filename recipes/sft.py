@@ -247,6 +247,8 @@ def check_inputs(data_args: DataArguments, training_args: RecipeConfig, model_ar
         raise RecipeError(f"train_prompt: {data_args.train_prompt!r} is not one of {(ZERO_SHOT, FEW_SHOT)}")
     if data_args.num_examples < 1:
         raise RecipeError(f"num_examples: must be at least 1, got {data_args.num_examples}")
+    if data_args.max_eval_rows is not None and data_args.max_eval_rows < 1:
+        raise RecipeError(f"max_eval_rows: must be at least 1, got {data_args.max_eval_rows}. Fix: leave it out to score every gold row")
     if not data_args.dataset_name:
         check_synthesis(data_args, task, model_args.model_name_or_path)
     if data_args.push_dataset and data_args.dataset_name:

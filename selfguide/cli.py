@@ -43,7 +43,7 @@ def generate(args: argparse.Namespace) -> int:
         kwargs["model"] = args.model
     if args.method == "rebase":
         if not args.datastore:
-            raise ValueError("--datastore: required with --method rebase. Fix: pass a folder made by selfguide.rebase.build_datastore")
+            raise ValueError("--datastore: required with --method rebase. Fix: pass a folder made by `selfguide datastore` (or selfguide.rebase.build_datastore)")
         kwargs["datastore"] = str(Path(args.datastore).resolve())
         if args.base_url:
             kwargs["base_url"] = args.base_url
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--output-dir", required=True)
     gen.add_argument("--method", choices=["selfguide", "rebase"], default="selfguide", help="SELF-GUIDE (the student invents inputs) or ReBase (rewrite retrieved rows)")
-    gen.add_argument("--datastore", help="ReBase: datastore folder made by selfguide.rebase.build_datastore")
+    gen.add_argument("--datastore", help="ReBase: datastore folder made by `selfguide datastore`")
     gen.add_argument("--base-url", help="ReBase: OpenAI-compatible server that rewrites the rows (--model then names the served model)")
     gen.add_argument("--cache-dir", help="datasets cache directory (default: HF_DATASETS_CACHE)")
     gen.add_argument("--set", type=_knob, action="append", default=[], metavar="KEY=VALUE", help="any builder config knob, e.g. --set max_rounds=5")

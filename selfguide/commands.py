@@ -96,7 +96,7 @@ def add_datastore_parser(subparsers) -> argparse.ArgumentParser:
                    help="evenly spaced rows kept per (dataset, config), so one big dataset cannot crowd out the rest; 0 keeps every row")
     p.add_argument("--embedder", default=None, help="sentence-transformers model (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--index-factory", default=None, help='FAISS factory string over inner product (default "HNSW32"; "Flat" is exact)')
-    p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a datastore of other sources")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a datastore of other sources or settings")
     p.set_defaults(func=run_datastore)
     return p
 

@@ -8,7 +8,8 @@ from collections import Counter
 from typing import Mapping, Optional, Sequence
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_TOKEN = re.compile(r"[^\W_]+")
+_TOKEN = re.compile(r"[a-z0-9]+")  # rouge_score's tokens, the paper's ROUGE-L
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 
 
 def normalize(text: str) -> str:
@@ -85,8 +86,8 @@ def exact_match(prediction: str, reference: str, labels: Optional[Sequence[str]]
     return float(normalize(prediction) == normalize(reference))
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+def _tokens(text: str, pattern: re.Pattern = _TOKEN) -> list[str]:
+    return pattern.findall(text.lower())
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -100,13 +101,13 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over lowercase tokens: runs of letters and digits of any script.
-
-    On ASCII text the tokens are those of rouge_score's tokenizer, the paper's ROUGE-L (NI scores it with a
-    Porter stemmer, which this leaves out); that tokenizer keeps only [a-z0-9], so two Cyrillic, CJK or
-    Arabic texts would both be empty and tie at 1.0.
+    """ROUGE-L F1 over lowercase tokens, as rouge_score tokenises for the paper (NI adds a Porter stemmer,
+    left out here): runs of [a-z0-9]. Texts in which that finds nothing (Cyrillic, CJK, Arabic) are read as
+    runs of letters and digits of any script instead, or they would all tie at 1.0.
     """
     p, r = _tokens(prediction), _tokens(reference)
+    if not p and not r:
+        p, r = _tokens(prediction, _WORD), _tokens(reference, _WORD)
     if not p or not r:
         # With no word on a side there is nothing to overlap: only the same text matches.
         return float(prediction.strip() == reference.strip())

@@ -75,6 +75,8 @@ class Task:
             if not self.labels:
                 raise TaskSpecError("labels", "is empty for a classification task", "list the label strings", src)
             for label in self.labels:
+                if not isinstance(label, str):
+                    raise TaskSpecError("labels", f"label {label!r} is not a string", f"write it as text, e.g. {str(label)!r}", src)
                 if not normalize_label(label):
                     raise TaskSpecError("labels", f"label {label!r} has no letter or digit in it, so no answer can match it",
                                         "name the label with a word, e.g. 'question' for '?'", src)
@@ -107,7 +109,7 @@ class Task:
             return
         if not self.is_classification:
             raise TaskSpecError("label_aliases", "is set for a generation task", "drop 'label_aliases' or set type: classification", src)
-        # A single alias may be given bare; YAML reads a digit label as a number.
+        # A single alias may be given bare; a label key written as a number in JSON or Python means its text.
         self.label_aliases = {str(label): [names] if isinstance(names, str) else names for label, names in self.label_aliases.items()}
         owner = {normalize_label(label): label for label in self.labels}
         for label, names in self.label_aliases.items():
@@ -117,7 +119,7 @@ class Task:
                 raise TaskSpecError(f"label_aliases.{label}", f"names no label of {self.labels}", "key each alias list by one of the labels", src)
             for name in names:
                 if not normalize_label(name):
-                    # Normalised away entirely ("the", "?"), it would match every empty answer.
+                    # Normalised away entirely ("?!"), it would match every empty answer.
                     raise TaskSpecError(f"label_aliases.{label}", f"alias {name!r} has no word in it", "give words, e.g. [entailment]", src)
                 taken = owner.setdefault(normalize_label(name), label)
                 if taken != label:

@@ -370,6 +370,8 @@ def test_same_sources_reuse_a_datastore_and_other_sources_need_overwrite(tmp_pat
     moved.write_bytes(moved.read_bytes() + b"\n")
     with pytest.raises(DatastoreError, match="built from other sources. Fix: pass overwrite=True"):
         build_datastore(moved, tmp_path / "store", index_factory="Flat")
+    with pytest.raises(DatastoreError, match="built with index_factory='Flat', not 'HNSW32'. Fix: pass overwrite=True"):
+        build_datastore(FIXTURES / "recipes.csv", tmp_path / "store", index_factory="HNSW32")
     with pytest.raises(DatastoreError, match="overwrite=True"):
         build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store")
     second = build_datastore(Source(FIXTURES / "recipes.csv", description="Home cooking"), tmp_path / "store", overwrite=True)
@@ -407,3 +409,5 @@ def test_the_datastore_command_builds_reuses_and_reports_bad_sources(tmp_path, c
 
     assert main(["datastore", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "other")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main(["datastore", str(FIXTURES / "recipes.csv"), "--output-dir", str(tmp_path / "other"), "--embedder", str(tmp_path / "no-model")]) == 2
+    assert "embedder" in capsys.readouterr().err and not (tmp_path / "other").exists()

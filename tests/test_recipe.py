@@ -272,10 +272,11 @@ def test_other_bad_inputs(task_file, dataset_dir, tiny_model_dir, tmp_path, rewr
         (["--synthesis_kwargs", '{"label_strategy": "votes"}'], r"synthesis_kwargs \(selfguide builder\): label_strategy: 'votes'"),
         (["--synthesis_kwargs", '{"num_examples": 8, "seed": 1}'],
          r"synthesis_kwargs: 'num_examples', 'seed' would override --num_examples, --synthesis_seed\. Fix: pass"),
+        (["--max_eval_rows", "0"], r"max_eval_rows: must be at least 1, got 0\. Fix: leave it out"),
     ],
-    ids=["no-datastore", "wrong-datastore", "misspelt-knob", "bad-value", "flag-in-kwargs"],
+    ids=["no-datastore", "wrong-datastore", "misspelt-knob", "bad-value", "flag-in-kwargs", "no-eval-rows"],
 )
-def test_bad_synthesis_settings_stop_before_the_student_is_loaded(task_file, tmp_path, monkeypatch, extra, message):
+def test_bad_settings_stop_before_the_student_is_loaded(task_file, tmp_path, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
     # A student that does not exist: resolving it first would fail with its own error.
     args = ["--task", str(task_file), "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "missing.gguf")]

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasets import load_dataset
 
@@ -93,6 +94,9 @@ def test_a_knob_named_at_its_default_or_left_out_is_one_cache():
     assert len(same) == 1
     assert config_id(seed=1) not in same and config_id(model="some/other-model") not in same
     assert config_id(model=Path("some/other-model")) == config_id(model="some/other-model")
+    # numpy numbers and 0/1 flags are what they say; a set is one order of its items.
+    assert config_id(top_k=np.int64(40), calibrate=1, oversample=np.float64(2.0)) in same
+    assert config_id(extra_noise_patterns={"b", "a"}) == config_id(extra_noise_patterns=["a", "b"])
     # A bare string for a list knob is one item, not one regex per character.
     assert SelfGuideConfig(task=task, extra_noise_patterns="lorem ipsum").extra_noise_patterns == ("lorem ipsum",)
     assert config_id(extra_noise_patterns="lorem ipsum") == config_id(extra_noise_patterns=["lorem ipsum"])

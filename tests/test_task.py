@@ -3,6 +3,7 @@ import json
 import pytest
 
 from selfguide import Task, TaskSpecError
+from selfguide.task import Example
 from tests.conftest import FIXTURES, letter_labelled
 
 
@@ -156,3 +157,8 @@ def test_a_label_no_answer_can_match_is_refused(sentiment_task_dict):
             "examples": [*sentiment_task_dict["examples"], {"input": "Is it any good", "output": "?"}]}
     with pytest.raises(TaskSpecError, match="'labels': label '\\?' has no letter or digit"):
         Task.from_dict(spec).validate()
+
+
+def test_a_label_that_is_not_a_string_is_named():
+    with pytest.raises(TaskSpecError, match="'labels': label 0 is not a string. Fix: write it as text, e.g. '0'"):
+        Task(name="t", instruction="Label it.", type="classification", labels=[0, 1], examples=[Example("a", "0"), Example("b", "1")])

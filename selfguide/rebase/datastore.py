@@ -2,10 +2,12 @@
 
 Layout on disk (a folder):
 
-    rows/        datasets.Dataset, one row per source row: provenance, the row as JSON, its cells
+    rows/        datasets.Dataset, one row per source row: provenance, the row as JSON (less the columns
+                 constant over its dataset), its cells
     texts/       datasets.Dataset, one row per distinct cell text, with its embedding
     index.faiss  the FAISS index over texts/embeddings (datasets' `save_faiss_index`)
-    sources/     datasets.Dataset, one row per (dataset, config): description, license, embedding
+    sources/     datasets.Dataset, one row per (dataset, config): description, its constant columns, license,
+                 embedding
     meta.json    embedder, index type, what was skipped and why
     COMPLETE     written last; a folder without it is a half-built datastore and never loads
 
@@ -462,7 +464,13 @@ def _digest(recipe: dict) -> str:
 
 
 def _embedding_dim(embedder: Optional[str]) -> Optional[int]:
-    model = load_embedder(embedder)
+    try:
+        model = load_embedder(embedder)
+    except (OSError, ValueError) as e:  # a missing repo or folder, or a folder that holds no model
+        raise DatastoreError(
+            f"embedder {embedder!r}: cannot be loaded ({e}). Fix: pass a sentence-transformers model id or folder, "
+            "or leave it out for the embedded all-MiniLM-L6-v2"
+        ) from None
     # sentence-transformers 6 renamed the method; 5.x has only the old name.
     return (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
 
@@ -483,6 +491,17 @@ def _new_index(factory: str, dim: int):
             f"index_factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_faiss_reason(e)}). "
             "Fix: use a FAISS factory string such as 'HNSW32' (approximate) or 'Flat' (exact)"
         ) from None
+
+
+def _how_it_differs(path: Path, wanted: dict) -> str:
+    """Why the datastore at `path` is not the one asked for, in the words of the setting that differs."""
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8")) if (path / "meta.json").exists() else {}
+    if meta.get("format") != FORMAT_VERSION:
+        return "was built by another version of selfguide"
+    for knob in ("embedder", "index_factory", "max_rows_per_config"):
+        if meta.get(knob) != wanted[knob]:
+            return f"was built with {knob}={meta.get(knob)!r}, not {wanted[knob]!r}"
+    return "was built from other sources"
 
 
 def _vectors(matrix: np.ndarray) -> pa.Array:
@@ -535,8 +554,7 @@ def build_datastore(
             if (path / _MARKER).read_text().strip() == fingerprint:
                 return Datastore.load(path)
             if not overwrite:
-                built_by = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format") if (path / "meta.json").exists() else None
-                why = "was built by another version of selfguide" if built_by != FORMAT_VERSION else "was built from other sources"
+                why = _how_it_differs(path, {**data_recipe, "index_factory": index_factory})
                 raise DatastoreError(f"{path} already holds a datastore, which {why}. Fix: pass overwrite=True (`selfguide datastore --overwrite`) or another path")
         elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / _BUILD).exists():
             # Even with overwrite: it replaces a datastore or an interrupted build, never a folder of other files.
