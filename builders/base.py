@@ -31,32 +31,31 @@ logger = logging.getLogger(__name__)
 _BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
 
 
-def _canonical(knob, value):
-    """One spelling per value: JSON and YAML give 2 for 2.0 and lists for tuples."""
-    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(knob.type):
-        return float(value)
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _typed(knob, value):
-    """`value` as the knob's annotated type: numpy numbers and 0/1 flags are coerced, a set becomes a sorted
-    tuple; anything else of the wrong type is refused here, since the later range checks would fail on it with
-    a bare TypeError."""
+    """`value` as its knob's annotated type, spelled one way for the cache key: a path as its string, a bare
+    string for a list knob as one item, numpy numbers and 0/1 flags as Python ones, an int for a float knob
+    as a float (JSON and YAML write 2 for 2.0), a list or set as a tuple. A value of another type is refused
+    here; the knobs' range checks would fail on it with a bare TypeError."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     annotation = str(knob.type)
     optional = annotation.startswith("Optional[")
     name = annotation[len("Optional[") : -1] if optional else annotation
-    if optional and value is None:
+    if name not in ("bool", "int", "float", "str", "tuple") or (optional and value is None):
         return value
-    if name == "bool" and (isinstance(value, (bool, np.bool_)) or value in (0, 1) and isinstance(value, numbers.Integral)):
+    is_flag = isinstance(value, (bool, np.bool_))
+    if name == "bool" and (is_flag or isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
-    if name == "int" and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+    if name == "int" and isinstance(value, numbers.Integral) and not is_flag:
         return int(value)
-    if name == "float" and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        return float(value) if isinstance(value, np.floating) else value
-    if name == "str" and isinstance(value, str) or name not in ("bool", "int", "float", "str", "tuple"):
+    if name == "float" and isinstance(value, numbers.Real) and not is_flag:
+        return float(value)
+    if name == "str" and isinstance(value, str):
         return value
+    if name == "tuple" and isinstance(value, str):
+        return (value,)  # iterated, it would be one item per character
     if name == "tuple" and isinstance(value, (tuple, list, set, frozenset)):
-        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else value
+        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
     kind = "a list" if name == "tuple" else name
     raise ValueError(f"{knob.name}: must be {kind}{' or None' if optional else ''}, got {value!r}. Fix: pass a value of that type")
 
@@ -81,13 +80,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         if self.task is None:
             raise TaskSpecError("task", "is missing", 'pass load_dataset(..., task="path/to/task.yaml") or a dict')
         for knob in fields(self):
-            value = getattr(self, knob.name)
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            # A bare string for a list knob would otherwise be iterated character by character.
-            elif knob.type in ("tuple", tuple) and isinstance(value, str):
-                value = (value,)
-            setattr(self, knob.name, _typed(knob, value))
+            setattr(self, knob.name, _typed(knob, getattr(self, knob.name)))
         for knob in ("num_examples", "batch_size"):
             if getattr(self, knob) < 1:
                 raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
@@ -110,7 +103,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
         is one cache; the task by its content, not the path or object that carried it; and the default
         student by one name however it was given (the recipe, the CLI and a bare load_dataset share it)."""
-        kwargs = {f.name: _canonical(f, getattr(self, f.name)) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
         kwargs["task"] = Task.load(self.task).fingerprint()
         if kwargs["model"] in (None, ""):
             kwargs["model"] = DEFAULT_STUDENT

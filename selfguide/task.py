@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -236,8 +237,9 @@ class Task:
         return cls(name=name, instruction=instruction or "", examples=examples, type=task_type, labels=labels, gold=gold, source=source)
 
 
-def _load_yaml(text: str) -> Any:
-    """YAML with every scalar read as written: a spec holds text, and YAML 1.1 would turn the labels
+@functools.lru_cache(maxsize=1)
+def _spec_loader():
+    """A YAML loader that reads every scalar as written: a spec holds text, and YAML 1.1 would turn the labels
     `yes`/`no` into booleans (then "True"/"False"), `1.50` into 1.5 and a date into a datetime."""
     import yaml
 
@@ -249,7 +251,13 @@ def _load_yaml(text: str) -> Any:
         first: [(tag, regexp) for tag, regexp in resolvers if tag in kept]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    return yaml.load(text, Loader=SpecLoader)
+    return SpecLoader
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_spec_loader())
 
 
 def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]:
