@@ -32,6 +32,19 @@ _METHODS = {
     "selfguide": ("SELF-GUIDE", "the base model wrote and labelled itself (SELF-GUIDE)"),
     "rebase": ("ReBase", "was retrieved from existing datasets and rewritten for the task (ReBase)"),
 }
+# What a reader must know of the rows before training on them; keyed by DataSummary.method.
+_LIMITS = {
+    "SELF-GUIDE": (
+        "The rows were written and labelled by the base model itself: expect label noise, near-duplicates that "
+        "the filters missed, and inputs narrower than real traffic, and the biases of the model. Nothing was reviewed by a person."
+    ),
+    "ReBase": (
+        "The rows are rows of existing datasets, rewritten into the task's format by a model. A row whose dataset "
+        "uses the task's labels keeps its annotators' label (`label_from_source`); the others were labelled by the "
+        "rewriter, so expect label noise there. The `source_*` columns name each row's dataset and license: those "
+        "licenses, and the sources' biases, carry over."
+    ),
+}
 _METRIC_TYPES = {"exact_match": ("exact_match", "Exact match"), "rougeL": ("rouge", "ROUGE-L")}
 _PIPELINE_TAGS = {"classification": "text-classification", "generation": "text-generation"}
 
@@ -53,6 +66,15 @@ class DataSummary:
     hub_id: Optional[str] = None
     hub_has_gold: bool = False  # whether the pushed dataset holds the gold rows as its `test` split
     settings: dict = field(default_factory=dict)
+
+    @property
+    def synthesized(self) -> bool:
+        """Whether a selfguide builder made the rows, so the cards can vouch for how they were made."""
+        return self.method in _LIMITS
+
+    @property
+    def limits(self) -> str:
+        return _LIMITS.get(self.method, f"The rows came from {self.source}: that dataset's own card tells how they were made.")
 
     @classmethod
     def from_dataset(cls, dataset, source: str, train, test=None, settings: Optional[dict] = None) -> "DataSummary":

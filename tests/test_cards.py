@@ -213,3 +213,28 @@ def test_dataset_card_validation_checks_files(tmp_path, task, report):
     validate_dataset_card(card)
     with pytest.raises(CardValidationError, match="no file"):
         validate_dataset_card(card, tmp_path)
+
+
+
+@pytest.mark.parametrize(
+    "method, sentence, limits, never_says",
+    [
+        ("SELF-GUIDE", "the base model wrote and labelled itself (SELF-GUIDE)",
+         "written and labelled by the base model itself", ["annotators"]),
+        ("ReBase", "was retrieved from existing datasets and rewritten for the task (ReBase)",
+         "keeps its annotators' label", ["written and labelled by", "grown from"]),
+        ("given dataset", "came from tester/my-rows",
+         "The rows came from tester/my-rows: that dataset's own card", ["written and labelled by", "grown from", "never reached", "annotators"]),
+    ],
+)
+def test_both_cards_describe_the_rows_as_the_method_that_made_them(task, report, scores, method, sentence, limits, never_says):
+    data = DataSummary(method, "tester/my-rows", sentence, train_rows=24, test_rows=4, report=report)
+    model_text = str(render_model_card(_info(task, report, data=data), scores, {}))
+    dataset_text = str(render_dataset_card(task, data, ["input"], ["train", "test"]))
+    for text in (model_text, dataset_text):
+        assert limits in text
+        assert not any(phrase in text for phrase in never_says)
+        # Only a selfguide builder kept the gold rows out of synthesis; a user's dataset may hold them.
+        assert ("never reached" in text) == (method != "given dataset")
+    assert (f"grown from the task's {len(task.examples)} demonstrations" in dataset_text) == (method == "SELF-GUIDE")
+    assert f"Data that {sentence}" in dataset_text
