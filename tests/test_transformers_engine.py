@@ -74,16 +74,40 @@ def test_score_of_an_empty_continuation_is_zero(engine):
     assert engine.score([PROMPTS[0], PROMPTS[0]], ["", " positive"])[0] == 0.0
 
 
+def plain_greedy(engine, prompt: str) -> str:
+    """The prompt alone, unpadded, through the model's own generate()."""
+    tok = engine.tokenizer
+    enc = tok(prompt, return_tensors="pt")
+    out = engine.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
 def test_n_samples_share_one_prefill_without_changing_greedy_output(engine):
     one = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=8))
-    three = engine.generate(PROMPTS, SamplingParams(temperature=0.0, n=3, max_new_tokens=8))
+    shapes = []
+    hook = engine.model.register_forward_hook(lambda m, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        three = engine.generate(PROMPTS, SamplingParams(temperature=0.0, n=3, max_new_tokens=8))
+    finally:
+        hook.remove()
+    assert len(set(map(tuple, one))) == len(PROMPTS), "the outputs must depend on the prompt"
     assert [o * 3 for o in one] == three
+    # One forward reads the prompts (all but their last token), once each; every later one is a token wide on all 9 rows.
+    width = engine.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"].shape[1]
+    assert shapes[0] == (len(PROMPTS), width - 1)
+    assert set(shapes[1:]) == {(3 * len(PROMPTS), 1)}
 
 
 def test_greedy_output_matches_plain_generate_on_each_prompt_alone(engine):
     got = engine.generate(PROMPTS, SamplingParams(temperature=0.0, n=2, max_new_tokens=8))
-    tok = engine.tokenizer
-    for prompt, outputs in zip(PROMPTS, got):
-        enc = tok(prompt, return_tensors="pt")
-        out = engine.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert outputs == [tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)] * 2
+    assert got == [[plain_greedy(engine, p)] * 2 for p in PROMPTS]
+
+
+def test_a_batch_of_one_token_prompts_after_a_wider_batch_starts_afresh(engine):
+    # The one-token prompts have nothing to prefill; their batch, after one that had, once reused its cache.
+    prompts = ["A dull", "I loved", " positive", " negative"]
+    assert [len(engine.tokenizer(p)["input_ids"]) > 1 for p in prompts] == [True, True, False, False]
+    engine.batch_size = 2
+    assert [idx for _, idx in engine._batches(prompts)] == [[0, 1], [2, 3]]  # batched by length in characters
+    got = engine.generate(prompts, SamplingParams(temperature=0.0, n=2, max_new_tokens=8))
+    assert got == [[plain_greedy(engine, p)] * 2 for p in prompts]

@@ -88,12 +88,12 @@ class TransformersEngine(Engine):
                 if params.seed is not None:
                     torch.manual_seed(params.seed * 100_003 + b)
                 with torch.inference_mode():
-                    if n > 1 and enc["input_ids"].shape[1] > 1:
-                        kwargs["cache"] = self._prefill(enc, n)
+                    # Per batch: a cache left from the batch before would be read as this batch's prompts.
+                    shared = {"cache": self._prefill(enc, n)} if n > 1 and enc["input_ids"].shape[1] > 1 else {}
                     out = self.model.generate(
                         input_ids=enc["input_ids"].repeat_interleave(n, dim=0),
                         attention_mask=enc["attention_mask"].repeat_interleave(n, dim=0),
-                        **kwargs,
+                        **kwargs, **shared,
                     )
             texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, i in enumerate(idx):
