@@ -79,6 +79,9 @@ def resolve_student(model: Optional[str] = None) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"model: GGUF file {path} does not exist. Fix: pass an existing .gguf path, a folder or a Hub id")
         return str(convert_gguf(path))
+    if not path.exists() and (str(model).startswith(("/", ".", "~")) or len(path.parts) > 2):
+        # A Hub id is 'name' or 'owner/name': left to from_pretrained, a missing folder reads as a bad repo id.
+        raise FileNotFoundError(f"model: folder {path} does not exist. Fix: pass an existing folder or a Hub id ('owner/name')")
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"model: folder {path} has no config.json. Fix: pass a folder saved with save_pretrained")
     return str(path) if path.exists() else model

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def test_second_call_does_no_model_work_and_knobs_change_the_key(tmp_path):
     shutil.rmtree(model)  # any model work now would fail
     again = _load(task, model, tmp_path / "cache", num_examples=4)
     assert again["train"].to_list() == first["train"].to_list()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=re.escape(str(model))):
         _load(task, model, tmp_path / "cache", num_examples=4, seed=1)
 
 

@@ -18,6 +18,10 @@ def test_bad_model_paths_say_what_to_do(tmp_path):
         resolve_student(str(tmp_path / "missing.gguf"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_student(str(tmp_path))
+    for missing in (str(tmp_path / "gone"), "./gone", "~/gone", "runs/exp1/final"):
+        with pytest.raises(FileNotFoundError, match="model: folder .*gone|model: folder runs"):
+            resolve_student(missing)
+    assert resolve_student("gemma-3-270m") == "gemma-3-270m", "a bare name is a Hub id"
 
 
 def test_dtype_resolution():
