@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +38,8 @@ def training_hyperparameters(args, state) -> dict:
 
 
 class ModelCardCallback(TrainerCallback):
-    """Writes README.md into each checkpoint when it is saved, and into the output folder.
+    """Writes README.md into each checkpoint when it is saved, and into the output folder (at the end of a
+    run that loads its best model, the best checkpoint's card).
 
     The card's evaluation table comes from the log history that TaskEvalCallback fills in (the
     baseline once, then the latest evaluation), so a checkpoint's card shows its own scores. Given
@@ -69,5 +71,12 @@ class ModelCardCallback(TrainerCallback):
             self.write(folder, args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if not state.is_world_process_zero:
+            return
+        best = Path(state.best_model_checkpoint or "") / "README.md"
+        if args.load_best_model_at_end and best.is_file():
+            # The trainer has loaded the best checkpoint's weights, and the card written when it was saved
+            # describes them; the log's latest evaluation is of weights that are gone.
+            shutil.copyfile(best, Path(args.output_dir) / "README.md")
+        else:
             self.write(args.output_dir, args, state)

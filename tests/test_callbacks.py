@@ -1,6 +1,7 @@
 """The callbacks with a plain transformers Trainer: they need nothing from TRL or the recipe."""
 
-import pytest
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerControl, TrainerState, TrainingArguments
 
@@ -53,39 +54,51 @@ def test_callbacks_drive_best_model_selection_and_write_cards(tiny_model_dir, se
     )
     trainer.train()
     final_card = (tmp_path / "out" / "README.md").read_text()
-    answer, share = most_frequent_answer(task_eval.last_score.predictions, task.labels)
-    assert f"| finetuned | zero-shot | {task_eval.last_score.value:.1f} | 4 | {answer} ({share:.0f}%) |" in final_card
 
     history = trainer.state.log_history
     baseline = [e for e in history if "base_fewshot_exact_match" in e]
     assert len(baseline) == 1 and "base_zeroshot_exact_match" in baseline[0]
     evaluated = [e for e in history if "eval_exact_match" in e]
     assert [e["step"] for e in evaluated] == [1, 2, 3] and all("eval_loss" in e for e in evaluated)
-    assert trainer.state.best_metric == max(e["eval_exact_match"] for e in evaluated)
+    scores = {e["step"]: e["eval_exact_match"] for e in evaluated}
+    assert len(set(scores.values())) > 1  # trained on the gold rows, the score moves: no checkpoint wins by a tie
+    best_step = max(scores, key=scores.get)  # the first step to reach the top score: a later tie is no improvement
+    assert Path(trainer.state.best_model_checkpoint).name == f"checkpoint-{best_step}"
+    assert trainer.state.best_metric == scores[best_step]
+    # The output folder's weights are the best checkpoint's once training ends, and so is its card.
+    assert best_step != 3 and final_card == (tmp_path / "out" / f"checkpoint-{best_step}" / "README.md").read_text()
 
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate()  # the best checkpoint's weights, loaded at the end
     direct = score_model(trainer.model, tokenizer, task)
-    assert metrics["eval_exact_match"] == direct.value == task_eval.last_score.value
+    assert metrics["eval_exact_match"] == direct.value == task_eval.last_score.value == scores[best_step]
     assert task_eval.last_score.predictions == direct.predictions
+    answer, share = most_frequent_answer(direct.predictions, task.labels)  # the best weights' answers, as at their save
+    assert f"| finetuned | zero-shot | {direct.value:.1f} | 4 | {answer} ({share:.0f}%) |" in final_card
 
     for step in (1, 2, 3):
         card = (tmp_path / "out" / f"checkpoint-{step}" / "README.md").read_text()
         value = next(e["eval_exact_match"] for e in evaluated if e["step"] == step)
         assert f"| finetuned | zero-shot | {value:.1f} | 4 |" in card
         assert f"| steps | {step} |" in card
-    assert (tmp_path / "out" / "README.md").is_file()
 
 
 def test_generation_task_logs_rouge(tiny_model_dir, rewrite_task_dict):
-    task = Task.load(rewrite_task_dict)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    callback = TaskEvalCallback(task, baseline=False, max_new_tokens=4)
+    answers = score_model(model, tokenizer, Task.load(rewrite_task_dict), max_new_tokens=8).predictions
+    assert len(set(answers)) == len(answers)
+    # The random model shares no word with the real references: rougeL 0.0 whatever the callback generates.
+    # Against the model's own answers only the same generations, row by row, score 100.
+    own = [{"input": row["input"], "output": answer} for row, answer in zip(rewrite_task_dict["test"], answers)]
+    task = Task.load({**rewrite_task_dict, "test": own})
+    callback = TaskEvalCallback(task, baseline=False, max_new_tokens=8)
     state, metrics = TrainerState(), {"eval_loss": 1.0}
     state.log_history.append({"eval_loss": 1.0, "step": 0})
     callback.on_evaluate(None, state, TrainerControl(), model=model, processing_class=tokenizer, metrics=metrics)
-    assert set(metrics) == {"eval_loss", "eval_rougeL"} and 0.0 <= metrics["eval_rougeL"] <= 100.0
-    assert state.log_history[-1]["eval_rougeL"] == metrics["eval_rougeL"]
+    assert metrics == {"eval_loss": 1.0, "eval_rougeL": 100.0}
+    assert metrics["eval_rougeL"] == score_model(model, tokenizer, task, max_new_tokens=8).value
+    assert callback.last_score.predictions == answers
+    assert state.log_history[-1]["eval_rougeL"] == 100.0
 
 
 def test_card_callback_writes_on_the_main_process_only(tiny_model_dir, sentiment_task_dict, tmp_path):
@@ -101,9 +114,10 @@ def test_card_callback_writes_on_the_main_process_only(tiny_model_dir, sentiment
 
 
 def test_evaluating_a_4bit_model_leaves_its_gradients_intact(qlora_model_dir, sentiment_task_dict):
+    import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from selfguide.quantization import nf4_config
+    from selfguide.quantization import nf4_config, trainable_4bit_layout
 
     task = Task.load(sentiment_task_dict)
     tokenizer = AutoTokenizer.from_pretrained(qlora_model_dir)
@@ -111,8 +125,13 @@ def test_evaluating_a_4bit_model_leaves_its_gradients_intact(qlora_model_dir, se
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
-    if not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()):
-        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks its weights here")
+    # As bitsandbytes sets it on AVX512-BF16 CPUs: then an eval-mode pass repacks the weights on any CPU.
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = True
+    with trainable_4bit_layout(model):
+        assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    assert all(layer.support_avx512bf16_for_cpu for layer in layers)
     batch = collate(lm_rows(tokenizer, task, task.gold))
 
     def first_layer_grad():
@@ -122,7 +141,10 @@ def test_evaluating_a_4bit_model_leaves_its_gradients_intact(qlora_model_dir, se
         return model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default.weight.grad.clone()
 
     before = first_layer_grad()
+    assert before.abs().sum() > 0
     TaskEvalCallback(task, baseline=False, max_new_tokens=2).on_evaluate(
         None, TrainerState(), TrainerControl(), model=model, processing_class=tokenizer, metrics={}
     )
+    assert not any(getattr(layer.weight.quant_state, "packing_format_for_cpu", False) for layer in layers)
+    assert all(layer.support_avx512bf16_for_cpu for layer in layers)  # the layout is the callback's only for its evaluation
     assert torch.equal(first_layer_grad(), before)
