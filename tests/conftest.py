@@ -64,7 +64,7 @@ def save_random_llama(path: Path, tokenizer, hidden_size: int = 32, intermediate
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # tied, the random model repeats the last prompt token: every answer alike
     )
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

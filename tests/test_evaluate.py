@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from selfguide import Task
 from selfguide.commands import add_evaluate_parser, demo_task_path
-from selfguide.evaluation import FEW_SHOT, ZERO_SHOT, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model
+from selfguide.evaluation import (
+    FEW_SHOT, ZERO_SHOT, _across_processes, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model,
+)
 from selfguide.metrics import most_frequent_answer, task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
 
@@ -23,9 +25,24 @@ def task(sentiment_task_dict):
     return Task.load(sentiment_task_dict)
 
 
+@pytest.fixture(scope="module")
+def lively_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with wider random weights (std 0.2, not 0.02).
+
+    At 0.02 its answer hangs on the end every prompt shares ("Output:"), so all gold rows get one answer, and
+    predictions compared across batchings or processes would compare constants, right order or not.
+    """
+    config = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=0.2)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lively-llama")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
-def tiny(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+def lively(lively_dir):
+    return AutoModelForCausalLM.from_pretrained(lively_dir), AutoTokenizer.from_pretrained(lively_dir)
 
 
 def test_prompts_zero_shot_is_the_training_prompt_and_few_shot_shows_every_demo(task):
@@ -39,17 +56,21 @@ def test_prompts_zero_shot_is_the_training_prompt_and_few_shot_shows_every_demo(
         build_prompts(task, inputs, "three-shot")
 
 
-def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(task, tiny, capsys):
-    model, tokenizer = tiny
+def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(task, lively, capsys):
+    model, tokenizer = lively
     model.train()
     tokenizer.padding_side = "right"
     first = score_model(model, tokenizer, task, prompt=FEW_SHOT, max_new_tokens=6, batch_size=2)
     bar = capsys.readouterr().err  # a progress bar over the 2 batches of the 4 gold rows
     assert "scoring finetuned, few-shot prompt" in bar and "0/2 " in bar
     second = score_model(model, tokenizer, task, prompt=FEW_SHOT, max_new_tokens=6)
-    assert first.predictions == second.predictions and len(first.predictions) == len(task.gold)
+    assert len(set(first.predictions)) == len(task.gold), "with one answer for all rows, a mixed-up batch would pass"
+    assert first.predictions == second.predictions
     assert first.value == task_score(task.type, first.predictions, [g.output for g in task.gold], task.labels)
     assert model.training and tokenizer.padding_side == "right"
+
+
+ITEMS = ["a", "b", "c", "d", "e"]  # odd, so the two ranks' shares differ in size
 
 
 def _sharded_worker(rank, world, store, model_dir, task_dict, out):
@@ -59,24 +80,39 @@ def _sharded_worker(rank, world, store, model_dir, task_dict, out):
     # process group therefore exits at once, skipping that teardown; a failure before then still fails.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
+        shard = []
+
+        def answer(part):  # each answer names its item and its rank, so the split and the order both show
+            shard.extend(part)
+            return [f"{x} by {rank}" for x in part]
+
+        back = _across_processes(answer, ITEMS)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # generate() reads each batch's prompts in one forward wider than a token: the rows this rank scored.
+        shapes = []
+        model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True)
         score = score_model(model, tokenizer, Task.load(task_dict), max_new_tokens=6, batch_size=2)
+        scored_rows = sum(rows for rows, width in shapes if width > 1)
         with open(f"{out}.{rank}", "w") as f:
-            json.dump({"predictions": score.predictions, "value": score.value}, f)
+            json.dump({"shard": shard, "back": back, "scored_rows": scored_rows, "predictions": score.predictions, "value": score.value}, f)
     finally:
         dist.destroy_process_group()
     os._exit(0)
 
 
-def test_two_processes_split_the_rows_and_agree_with_one(task, tiny, tiny_model_dir, sentiment_task_dict, tmp_path):
-    model, tokenizer = tiny
+def test_two_processes_split_the_rows_and_agree_with_one(task, lively, lively_dir, sentiment_task_dict, tmp_path):
+    model, tokenizer = lively
     single = score_model(model, tokenizer, task, max_new_tokens=6, batch_size=2)
+    assert len(set(single.predictions)) == len(task.gold), "with one answer for all rows, any order would pass"
     out = str(tmp_path / "scores")
-    mp.spawn(_sharded_worker, args=(2, tmp_path / "store", str(tiny_model_dir), sentiment_task_dict, out), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(2, tmp_path / "store", str(lively_dir), sentiment_task_dict, out), nprocs=2, join=True)
     for rank in (0, 1):
         got = json.loads(open(f"{out}.{rank}").read())
-        assert got == {"predictions": single.predictions, "value": single.value}
+        assert got["shard"] == ITEMS[rank::2]
+        assert got["back"] == [f"{x} by {i % 2}" for i, x in enumerate(ITEMS)]
+        assert got["scored_rows"] == len(task.gold) // 2
+        assert (got["predictions"], got["value"]) == (single.predictions, single.value)
 
 
 def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(tiny_model_dir, sentiment_task_dict, tmp_path, capsys):

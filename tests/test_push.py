@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from huggingface_hub import constants
 
 from selfguide import Task
-from selfguide.hub import HubPushError, push_adapter, push_dataset, require_token, save_dataset_for_hub
+from selfguide.hub import HubPushError, push_adapter, push_dataset, save_dataset_for_hub
 from selfguide.hub_cards import DataSummary
 from tests.fake_hub import FakeHub
 from tests.sft_helpers import REPO, qlora_model_dir, save_task_dataset, task_rows, tree_digest  # noqa: F401  (fixture)
@@ -82,12 +82,14 @@ def test_a_rejected_token_is_not_retried(hub, trained_folder):
     assert TOKEN not in str(error.value)
 
 
-def test_no_token_fails_before_anything_is_sent(monkeypatch, tmp_path):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def test_no_token_fails_before_anything_is_sent(hub, trained_folder, monkeypatch, tmp_path):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     with pytest.raises(HubPushError, match="no Hugging Face token found"):
-        require_token()
+        push_adapter(trained_folder, "sentiment-qlora", endpoint=hub.url)
+    assert hub.requests == []
 
 
 def test_dataset_push_with_its_card(hub, tmp_path, sentiment_task_dict):

@@ -133,7 +133,9 @@ def test_unreadable_files(tmp_path):
 
 
 def test_fixture_files_load():
-    for path in FIXTURES.glob("*_task.json"):
+    paths = sorted(FIXTURES.glob("*_task.json"))
+    assert paths, f"no *_task.json in {FIXTURES}"
+    for path in paths:
         assert Task.load(path).examples
 
 
