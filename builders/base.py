@@ -24,6 +24,7 @@ from ..prompts import prompt_completion
 from ..report import FilterReport
 from ..student import DEFAULT_STUDENT, resolve_dtype
 from ..task import Task, TaskSpecError
+from ..errors import ConfigError, SelfGuideError
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ def _typed(knob, value):
     if name == "tuple" and isinstance(value, (tuple, list, set, frozenset)):
         return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
     kind = "a list" if name == "tuple" else name
-    raise ValueError(f"{knob.name}: must be {kind}{' or None' if optional else ''}, got {value!r}. Fix: pass a value of that type")
+    raise ConfigError(f"{knob.name}: must be {kind}{' or None' if optional else ''}, got {value!r}. Fix: pass a value of that type")
 
 
-class NoRowsError(RuntimeError):
+class NoRowsError(SelfGuideError, RuntimeError):
     """Every synthetic row was filtered out; the message carries the filter report and the fix."""
 
 
@@ -83,7 +84,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             setattr(self, knob.name, _typed(knob, getattr(self, knob.name)))
         for knob in ("num_examples", "batch_size"):
             if getattr(self, knob) < 1:
-                raise ValueError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
+                raise ConfigError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
         resolve_dtype(self.dtype)  # a bad name fails here, not when the engine loads after retrieval
 
     @classmethod
@@ -97,7 +98,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             for name in unknown:
                 near = difflib.get_close_matches(name, knobs, n=1)
                 problems.append(f"{name}: no such knob of {cls.__name__}" + (f" (did you mean '{near[0]}'?)" if near else ""))
-            raise ValueError("; ".join(problems) + f". Fix: correct or remove it; the knobs are {', '.join(knobs)}")
+            raise ConfigError("; ".join(problems) + f". Fix: correct or remove it; the knobs are {', '.join(knobs)}")
 
     def cache_kwargs(self) -> dict:
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out

@@ -20,6 +20,7 @@ from ..rebase.pipeline import ReBasePipeline
 from ..report import FilterReport
 from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
+from ..errors import ConfigError
 
 # Knobs that change how fast rows are made, never which rows: kept out of the cache key
 # (and the api key must not end up in a cache folder name).
@@ -49,13 +50,13 @@ class ReBaseConfig(TaskDatasetConfig):
     def __post_init__(self):
         super().__post_init__()
         if not self.datastore:
-            raise ValueError(
+            raise ConfigError(
                 "datastore: is missing. Fix: build one with selfguide.rebase.build_datastore(sources, path) or `selfguide datastore`, and pass datastore=path"
             )
         if self.retrieve_factor < 1:
-            raise ValueError(f"retrieve_factor: must be at least 1, got {self.retrieve_factor}")
+            raise ConfigError(f"retrieve_factor: must be at least 1, got {self.retrieve_factor}")
         if self.candidates < 1:
-            raise ValueError(f"candidates: nearest texts fetched per demo, must be at least 1, got {self.candidates}")
+            raise ConfigError(f"candidates: nearest texts fetched per demo, must be at least 1, got {self.candidates}")
 
     def cache_kwargs(self) -> dict:
         kwargs = {k: v for k, v in super().cache_kwargs().items() if k not in _NOT_IN_CACHE_KEY}

@@ -13,6 +13,7 @@ from ..report import FilterReport
 from ..synthesis.pipeline import SelfGuidePipeline
 from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
+from ..errors import ConfigError
 
 LABEL_STRATEGIES = ("likelihood", "channel", "vote")
 BALANCE_MODES = ("cap", "downsample", "rank", "none")
@@ -62,23 +63,23 @@ class SelfGuideConfig(TaskDatasetConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.label_strategy not in LABEL_STRATEGIES:
-            raise ValueError(f"label_strategy: {self.label_strategy!r} is not one of {LABEL_STRATEGIES}")
+            raise ConfigError(f"label_strategy: {self.label_strategy!r} is not one of {LABEL_STRATEGIES}")
         if self.balance is None:
             self.balance = "cap" if self.label_strategy == "vote" else "rank"
         if self.balance not in BALANCE_MODES:
-            raise ValueError(f"balance: {self.balance!r} is not one of {BALANCE_MODES}")
+            raise ConfigError(f"balance: {self.balance!r} is not one of {BALANCE_MODES}")
         if self.balance == "rank" and self.label_strategy == "vote":
-            raise ValueError("balance: 'rank' orders rows by their label likelihoods. Fix: set label_strategy='likelihood' or 'channel', or another balance")
+            raise ConfigError("balance: 'rank' orders rows by their label likelihoods. Fix: set label_strategy='likelihood' or 'channel', or another balance")
         if not 0 < self.min_majority <= 1:
-            raise ValueError(f"min_majority: must be in (0, 1], got {self.min_majority}")
+            raise ConfigError(f"min_majority: must be in (0, 1], got {self.min_majority}")
         if not 0 <= self.min_low_quality <= self.max_low_quality:
-            raise ValueError("min_low_quality/max_low_quality: need 0 <= min_low_quality <= max_low_quality")
+            raise ConfigError("min_low_quality/max_low_quality: need 0 <= min_low_quality <= max_low_quality")
         for knob in ("inputs_per_prompt", "prompts_per_batch", "max_rounds", "annotation_samples"):
             if getattr(self, knob) < 1:
-                raise ValueError(f"{knob}: must be at least 1, got {getattr(self, knob)}")
+                raise ConfigError(f"{knob}: must be at least 1, got {getattr(self, knob)}")
         if self.oversample <= 0:
             # No candidates would be asked for, and the empty result would be blamed on the filters.
-            raise ValueError(f"oversample: candidate inputs per missing row, must be above 0, got {self.oversample}")
+            raise ConfigError(f"oversample: candidate inputs per missing row, must be above 0, got {self.oversample}")
 
     def cache_kwargs(self) -> dict:
         kwargs = super().cache_kwargs()

@@ -11,6 +11,7 @@ from ..evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, gold_rows, score_baseli
 from ..metrics import metric_name
 from ..quantization import trainable_4bit_layout
 from ..task import Example, Task
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class TaskEvalCallback(TrainerCallback):
         self.task = Task.load(task)
         self.rows = list(rows) if rows is not None else gold_rows(self.task)
         if not self.rows:
-            raise ValueError(f"TaskEvalCallback: no rows to evaluate task '{self.task.name}' on. Fix: pass rows or give the task a 'test' list")
+            raise ConfigError(f"TaskEvalCallback: no rows to evaluate task '{self.task.name}' on. Fix: pass rows or give the task a 'test' list")
         self.metric = metric_name(self.task.type)
         self.baseline = baseline
         self.prompt = prompt  # the finetuned model's: the one it is trained with

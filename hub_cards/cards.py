@@ -22,6 +22,7 @@ from ..evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table
 from ..metrics import metric_name
 from ..report import FilterReport
 from ..task import Task
+from ..errors import ConfigError
 
 TEMPLATES = Path(__file__).parent
 # The embedded student is Google's Gemma 3 270M base model (shipped as a Q4_K_M GGUF and dequantised).
@@ -49,7 +50,7 @@ _METRIC_TYPES = {"exact_match": ("exact_match", "Exact match"), "rougeL": ("roug
 _PIPELINE_TAGS = {"classification": "text-classification", "generation": "text-generation"}
 
 
-class CardValidationError(ValueError):
+class CardValidationError(ConfigError):
     pass
 
 

@@ -47,6 +47,7 @@ from selfguide.quantization import (
 )
 from selfguide.student import DEFAULT_STUDENT, DTYPES, resolve_dtype, resolve_student
 from selfguide.task import TASK_TYPES, Task, TaskSpecError
+from selfguide.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ SYNTHESIS_CONFIGS = {"selfguide": SelfGuideConfig, "rebase": ReBaseConfig}
 _SYNTHESIS_FLAGS = {"task": "--task", "model": "--synthesis_model", "num_examples": "--num_examples", "seed": "--synthesis_seed"}
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """Input the recipe cannot train on; raised before the model is loaded."""
 
 

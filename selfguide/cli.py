@@ -9,10 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from .builders.base import NoRowsError
 from .commands import add_datastore_parser, add_demo_parser, add_evaluate_parser
-from .engines import ServerError
-from .task import TaskSpecError
+from .errors import ConfigError, SelfGuideError
 
 
 def _knob(text: str) -> tuple[str, object]:
@@ -37,18 +35,18 @@ def generate(args: argparse.Namespace) -> int:
     knobs = dict(args.set)
     clash = sorted(knobs.keys() & _FLAGGED_KNOBS.keys())
     if clash:
-        raise ValueError("; ".join(f"--set {key}: has its own flag, {_FLAGGED_KNOBS[key]}" for key in clash) + ". Fix: use the flag instead")
+        raise ConfigError("; ".join(f"--set {key}: has its own flag, {_FLAGGED_KNOBS[key]}" for key in clash) + ". Fix: use the flag instead")
     kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **knobs)
     if args.model:
         kwargs["model"] = args.model
     if args.method == "rebase":
         if not args.datastore:
-            raise ValueError("--datastore: required with --method rebase. Fix: pass a folder made by `selfguide datastore` (or selfguide.rebase.build_datastore)")
+            raise ConfigError("--datastore: required with --method rebase. Fix: pass a folder made by `selfguide datastore` (or selfguide.rebase.build_datastore)")
         kwargs["datastore"] = str(Path(args.datastore).resolve())
         if args.base_url:
             kwargs["base_url"] = args.base_url
     elif args.datastore or args.base_url:
-        raise ValueError("--datastore/--base-url: only used by --method rebase. Fix: add --method rebase or drop them")
+        raise ConfigError("--datastore/--base-url: only used by --method rebase. Fix: add --method rebase or drop them")
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
     dataset = load_dataset(args.method, **kwargs)
@@ -87,7 +85,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (TaskSpecError, ValueError, FileNotFoundError, ServerError, NoRowsError) as e:
+    except (SelfGuideError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ from .engines import SamplingParams, TransformersEngine
 from .metrics import metric_name, most_frequent_answer, task_score
 from .prompts import OUTPUT_STOP, fewshot_prompt, format_completion, training_prompt
 from .task import Example, Task
+from .errors import ConfigError, InputNotFoundError
 
 FEW_SHOT = "few-shot"
 ZERO_SHOT = "zero-shot"
@@ -40,11 +41,11 @@ class TaskScore:
 
 def gold_rows(task: Task, limit: Optional[int] = None) -> list[Example]:
     if not task.gold:
-        raise ValueError(
+        raise ConfigError(
             f"task '{task.name}': no gold rows to evaluate on. Fix: add a 'test' list of {{input, output}} rows to the task spec"
         )
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit: the number of gold rows to score must be a positive integer, got {limit!r}. Fix: pass 1 or more, or none for every row")
+        raise ConfigError(f"limit: the number of gold rows to score must be a positive integer, got {limit!r}. Fix: pass 1 or more, or none for every row")
     return list(task.gold if limit is None else task.gold[:limit])
 
 
@@ -54,7 +55,7 @@ def build_prompts(task: Task, inputs: Sequence[str], prompt: str, seed: int = 0)
     if prompt == FEW_SHOT:
         rng = random.Random(seed)
         return [fewshot_prompt(task, x, rng) for x in inputs]
-    raise ValueError(f"prompt: {prompt!r} is not one of {(FEW_SHOT, ZERO_SHOT)}")
+    raise ConfigError(f"prompt: {prompt!r} is not one of {(FEW_SHOT, ZERO_SHOT)}")
 
 
 def default_max_new_tokens(task: Task, tokenizer, references: Sequence[str]) -> int:
@@ -157,7 +158,7 @@ PREDICTIONS_FILE = "eval_predictions.jsonl"
 def write_predictions(path: Path, rows: Sequence[Example], score: TaskScore) -> None:
     """One JSON line per scored row, in order: its input, the gold output and what the model answered."""
     if len(rows) != len(score.predictions):
-        raise ValueError(f"rows: {len(rows)} rows for {len(score.predictions)} predictions. Fix: pass the rows the score was made on")
+        raise ConfigError(f"rows: {len(rows)} rows for {len(score.predictions)} predictions. Fix: pass the rows the score was made on")
     with Path(path).open("w") as f:
         for row, prediction in zip(rows, score.predictions):
             f.write(json.dumps({"input": row.input, "reference": row.output, "prediction": prediction}) + "\n")
@@ -223,7 +224,7 @@ def adapter_base_model(adapter: str) -> Optional[str]:
 
     base = PeftConfig.from_pretrained(adapter).base_model_name_or_path
     if base and Path(base).is_absolute() and not Path(base).exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"adapter: its adapter_config.json names the base model {base}, a folder of the machine it was trained on "
             "that does not exist here. Fix: pass the base model (--model / model_name_or_path): its Hub id or folder, "
             "or embedded:gemma-3-270m for an adapter trained on the embedded student"

@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .task import Task
+from .errors import SelfGuideError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ TRAINING_LEFTOVERS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_ar
 _NO_RETRY_STATUS = {400, 401, 403, 404, 409, 422}
 
 
-class HubPushError(RuntimeError):
+class HubPushError(SelfGuideError, RuntimeError):
     pass
 
 

@@ -6,6 +6,7 @@ import re
 import string
 from collections import Counter
 from typing import Mapping, Optional, Sequence
+from .errors import ConfigError
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _TOKEN = re.compile(r"[a-z0-9]+")  # rouge_score's tokens, the paper's ROUGE-L
@@ -74,7 +75,7 @@ def most_frequent_answer(predictions: Sequence[str], labels: Sequence[str]) -> t
     for skill; a share near 100 tells the two apart.
     """
     if not predictions:
-        raise ValueError("predictions: none given. Fix: pass the answers of at least one row")
+        raise ConfigError("predictions: none given. Fix: pass the answers of at least one row")
     answer, count = answer_counts(predictions, labels).most_common(1)[0]
     return answer, 100 * count / len(predictions)
 
@@ -125,7 +126,7 @@ def metric_name(task_type: str) -> str:
 def task_score(task_type: str, predictions: Sequence[str], references: Sequence[str], labels=None) -> float:
     """Mean metric on a 0-100 scale, as the paper reports it."""
     if not references:
-        raise ValueError("references: no rows to score. Fix: give the task gold rows (a 'test' list or NI Instances)")
+        raise ConfigError("references: no rows to score. Fix: give the task gold rows (a 'test' list or NI Instances)")
     if task_type == "classification":
         values = [exact_match(p, r, labels) for p, r in zip(predictions, references)]
     else:

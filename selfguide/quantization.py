@@ -6,9 +6,10 @@ from contextlib import contextmanager
 from typing import Optional
 
 import torch
+from .errors import SelfGuideError
 
 
-class MissingBitsandbytesError(ImportError):
+class MissingBitsandbytesError(SelfGuideError, ImportError):
     pass
 
 

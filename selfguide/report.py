@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
+from .errors import ConfigError
 
 _MARKER = "selfguide-filter-report:"
 
@@ -63,7 +64,7 @@ class FilterReport:
     @classmethod
     def from_description(cls, description: str) -> "FilterReport":
         if _MARKER not in (description or ""):
-            raise ValueError("description: this dataset carries no selfguide filter report")
+            raise ConfigError("description: this dataset carries no selfguide filter report")
         return cls.from_dict(json.loads(description.split(_MARKER, 1)[1].strip()))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from .errors import ConfigError, InputNotFoundError
 
 DEFAULT_STUDENT = "embedded:gemma-3-270m"
 # The choices of `selfguide evaluate --dtype`; any other torch attribute ("nn", "int8") is no weight dtype.
@@ -77,19 +78,19 @@ def resolve_student(model: Optional[str] = None) -> str:
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"model: GGUF file {path} does not exist. Fix: pass an existing .gguf path, a folder or a Hub id")
+            raise InputNotFoundError(f"model: GGUF file {path} does not exist. Fix: pass an existing .gguf path, a folder or a Hub id")
         return str(convert_gguf(path))
     if not path.exists() and (str(model).startswith(("/", ".", "~")) or len(path.parts) > 2):
         # A Hub id is 'name' or 'owner/name': left to from_pretrained, a missing folder reads as a bad repo id.
-        raise FileNotFoundError(f"model: folder {path} does not exist. Fix: pass an existing folder or a Hub id ('owner/name')")
+        raise InputNotFoundError(f"model: folder {path} does not exist. Fix: pass an existing folder or a Hub id ('owner/name')")
     if path.exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"model: folder {path} has no config.json. Fix: pass a folder saved with save_pretrained")
+        raise InputNotFoundError(f"model: folder {path} has no config.json. Fix: pass a folder saved with save_pretrained")
     return str(path) if path.exists() else model
 
 
 def resolve_dtype(dtype: str = "auto") -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not one of {DTYPES}. Fix: pass one of them, e.g. 'bfloat16' for bf16")
+        raise ConfigError(f"dtype: {dtype!r} is not one of {DTYPES}. Fix: pass one of them, e.g. 'bfloat16' for bf16")
     if dtype != "auto":
         return getattr(torch, dtype)
     if torch.cuda.is_available():

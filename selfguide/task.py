@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from .metrics import match_label, normalize_label
+from .errors import ConfigError
 
 TaskType = Literal["classification", "generation"]
 TASK_TYPES = ("classification", "generation")
 
 
-class TaskSpecError(ValueError):
+class TaskSpecError(ConfigError):
     """A task spec is unusable. The message names the field and the fix."""
 
     def __init__(self, field_name: str, problem: str, fix: str, source: Optional[str] = None):

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from ..errors import ConfigError
+
 
 @dataclass
 class SamplingParams:
@@ -45,6 +47,20 @@ class Engine(ABC):
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations; use label_strategy='vote'")
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the student is a chat model whose template `render_chat` applies."""
+        return False
+
+    def render_chat(self, messages: Sequence[dict]) -> str:
+        """`messages` ({"role", "content"} dicts) in the student's chat template, ending with the opening of the
+        assistant's turn, as plain text that `generate` and `score` then continue. A leading BOS token is left
+        out: engines add it when they tokenize, as they do for document prompts."""
+        raise ConfigError(
+            f"prompt_format: 'chat' needs a chat template, and {type(self).__name__}'s student has none. "
+            "Fix: use prompt_format='document' (or 'auto'), or an instruct model"
+        )
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens in `texts`, which size generation budgets. Without a tokenizer at hand (a remote server),

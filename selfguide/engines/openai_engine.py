@@ -15,6 +15,7 @@ from typing import Optional
 import httpx
 
 from .base import Engine, SamplingParams, truncate_at_stop
+from ..errors import ConfigError, SelfGuideError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _MAX_STOP = 4
 
 
-class ServerError(RuntimeError):
+class ServerError(SelfGuideError, RuntimeError):
     """The server could not be reached or refused a request; the message names the base URL and the fix."""
 
 
@@ -40,9 +41,9 @@ class OpenAIEngine(Engine):
         backoff: float = 0.5,
     ):
         if concurrency < 1:
-            raise ValueError(f"concurrency: must be at least 1, got {concurrency}")
+            raise ConfigError(f"concurrency: must be at least 1, got {concurrency}")
         if max_retries < 0:
-            raise ValueError(f"max_retries: must be 0 or more, got {max_retries}")
+            raise ConfigError(f"max_retries: must be 0 or more, got {max_retries}")
         self.base_url = base_url.rstrip("/")
         # Users paste either the server root or its /v1 prefix; both must work.
         self._api = self.base_url if self.base_url.endswith("/v1") else self.base_url + "/v1"

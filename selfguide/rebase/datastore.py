@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.utils import tqdm
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ _MARKER = "COMPLETE"
 _BUILD = ".build"
 
 
-class DatastoreError(ValueError):
+class DatastoreError(ConfigError):
     """A datastore cannot be built or loaded. The message names the source or folder and the fix."""
 
 

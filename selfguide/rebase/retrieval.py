@@ -27,6 +27,7 @@ from ..metrics import match_label, normalize
 from ..report import FilterReport
 from ..task import Task
 from .datastore import Datastore, embed
+from ..errors import ConfigError
 
 
 @dataclass
@@ -186,7 +187,7 @@ def retrieve(
     widens the search until the whole datastore has been seen.
     """
     if k < 1:
-        raise ValueError(f"k: must be at least 1, got {k}")
+        raise ConfigError(f"k: must be at least 1, got {k}")
     patterns = [task.name, *exclude_datasets]
     guard = ContaminationGuard.for_task(task)
     instruction_vec = embed([task.instruction], store.embedder)[0]
