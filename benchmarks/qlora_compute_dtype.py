@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, markdown_table, write_results
+from common import command_line, machine, markdown_table, write_results
 
 VARIANTS = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--completion-tokens", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant, after one untimed warm-up step")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="qlora_compute_dtype", help="results file name under benchmarks/results/ (one per kind of CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,9 +90,10 @@ def main() -> None:
         markdown_table(["compute dtype", "step time, median (s)", "steps (s)"],
                        [[name, f"{median[name]:.2f}", ", ".join(f"{t:.2f}" for t in times[name])] for name in VARIANTS]),
         "",
-        f"bf16 / float32 step time: **{ratio:.1f}x**. Command: `python benchmarks/qlora_compute_dtype.py`.",
+        f"bf16 / float32 step time: **{ratio:.2f}x**. Load average (1 min) at the end: {machine()['load_average_1m']:.2f}. "
+        f"Command: `{command_line()}`.",
     ])
-    write_results("qlora_compute_dtype", {"settings": vars(args), "cpu_flags": flags, "times_s": times, "median_s": median,
+    write_results(args.name, {"settings": vars(args), "cpu_flags": flags, "times_s": times, "median_s": median,
                                           "ratio_bf16_over_fp32": ratio, "machine": machine()}, md)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import datasets
 import numpy as np
 
+from ..engines import Engine, OpenAIEngine, ServerError, TransformersEngine
 from ..journal import Journal
 from ..prompts import prompt_completion
 from ..report import FilterReport
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 _BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
+# Knobs that change how fast rows are made, never which rows: kept out of the cache key
+# (and the api key must not end up in a cache folder name).
+_NOT_IN_CACHE_KEY = {"api_key", "concurrency", "timeout", "max_retries"}
+ENGINES = ("transformers", "llama.cpp")
+PROMPT_FORMATS = ("auto", "chat", "document")
 
 
 def _typed(knob, value):
@@ -75,6 +81,20 @@ class TaskDatasetConfig(datasets.BuilderConfig):
     seed: int = 0
     batch_size: int = 16
     dtype: str = "auto"
+    # The engine that runs `model`: "transformers" in process (any Hub id, folder or .gguf, dequantized), or
+    # "llama.cpp" in process (a .gguf through llama-cpp-python). A `base_url` sends every call to an
+    # OpenAI-compatible server (vLLM, llama.cpp's server, TGI) instead, where `model` names the served model.
+    engine: str = "transformers"
+    base_url: Optional[str] = None
+    api_key: Optional[str] = None  # default: $OPENAI_API_KEY; never part of the cache key
+    concurrency: int = 4  # requests in flight to base_url
+    timeout: float = 120.0
+    max_retries: int = 4
+    # Where a served model's chat template comes from (Hub id, folder or .gguf); a server does not say.
+    tokenizer: Optional[str] = None
+    # "chat": prompts and training rows in the student's chat template (TRL's conversational prompt-completion
+    # rows); "document": plain documents for a base model to continue; "auto": chat when the student has a template.
+    prompt_format: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,6 +106,14 @@ class TaskDatasetConfig(datasets.BuilderConfig):
             if getattr(self, knob) < 1:
                 raise ConfigError(f"{knob}: must be a positive integer, got {getattr(self, knob)!r}")
         resolve_dtype(self.dtype)  # a bad name fails here, not when the engine loads after retrieval
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine: {self.engine!r} is not one of {ENGINES}. Fix: pass one of them, or base_url=... for a server")
+        if self.base_url and self.engine != "transformers":
+            raise ConfigError(f"engine: {self.engine!r} runs in process, but base_url={self.base_url!r} sends calls to a server. Fix: drop one of them")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format: {self.prompt_format!r} is not one of {PROMPT_FORMATS}")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+            raise ConfigError("concurrency/max_retries/timeout: need concurrency >= 1, max_retries >= 0 and timeout > 0")
 
     @classmethod
     def check_knobs(cls, kwargs: dict) -> None:
@@ -104,7 +132,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
         is one cache; the task by its content, not the path or object that carried it; and the default
         student by one name however it was given (the recipe, the CLI and a bare load_dataset share it)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS}
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS | _NOT_IN_CACHE_KEY}
         kwargs["task"] = Task.load(self.task).fingerprint()
         if kwargs["model"] in (None, ""):
             kwargs["model"] = DEFAULT_STUDENT
@@ -133,6 +161,20 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
         raise NotImplementedError
 
     # -- the shared machinery --------------------------------------------------------------------
+
+    def engine(self, progress: Optional[str] = None) -> Engine:
+        """The engine the config names: a server with `base_url`, else `engine` in process."""
+        cfg = self.config
+        if cfg.base_url:
+            return OpenAIEngine(
+                cfg.base_url, model=cfg.model, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"), timeout=cfg.timeout,
+                max_retries=cfg.max_retries, concurrency=cfg.concurrency, tokenizer=cfg.tokenizer,
+            )
+        if cfg.engine == "llama.cpp":
+            from ..engines.llamacpp_engine import LlamaCppEngine
+
+            return LlamaCppEngine.from_pretrained(cfg.model, seed=cfg.seed, progress=progress)
+        return TransformersEngine.from_pretrained(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, progress=progress)
 
     def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
         self.BUILDER_CONFIG_CLASS.check_knobs(config_kwargs)
@@ -176,7 +218,10 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         task = self.task
         report = FilterReport()
-        rows = self.synthesize(task, Journal(self.work_dir / "journal.jsonl"), report)
+        try:
+            rows = self.synthesize(task, Journal(self.work_dir / "journal.jsonl"), report)
+        except ServerError as e:
+            raise ServerError(f"{e}\nFinished batches are kept in {self.work_dir}: the same call continues from them.") from e
         if not rows:
             raise NoRowsError(
                 f"{self.METHOD}: no synthetic row survived the filters for task '{task.name}'.\n{report.summary()}\n"

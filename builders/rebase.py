@@ -7,13 +7,11 @@ OpenAI-compatible server, where `model=` names the served model (default: the fi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import datasets
 
-from ..engines import OpenAIEngine, TransformersEngine
 from ..journal import Journal
 from ..rebase.datastore import Datastore
 from ..rebase.pipeline import ReBasePipeline
@@ -22,16 +20,10 @@ from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
 from ..errors import ConfigError
 
-# Knobs that change how fast rows are made, never which rows: kept out of the cache key
-# (and the api key must not end up in a cache folder name).
-_NOT_IN_CACHE_KEY = ("api_key", "concurrency", "timeout", "max_retries")
-
 
 @dataclass
 class ReBaseConfig(TaskDatasetConfig):
     datastore: Optional[str] = None
-    base_url: Optional[str] = None
-    api_key: Optional[str] = None  # default: $OPENAI_API_KEY
     cot: bool = False
     # Classification: a retrieved row whose dataset answers in the task's labels keeps its own label,
     # whatever the rewriter answers (with `cot`, a disagreeing row is dropped).
@@ -43,9 +35,6 @@ class ReBaseConfig(TaskDatasetConfig):
     dedupe_threshold: float = 0.95
     temperature: float = 0.0
     max_new_tokens: Optional[int] = None
-    concurrency: int = 4
-    timeout: float = 120.0
-    max_retries: int = 4
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,7 +48,7 @@ class ReBaseConfig(TaskDatasetConfig):
             raise ConfigError(f"candidates: nearest texts fetched per demo, must be at least 1, got {self.candidates}")
 
     def cache_kwargs(self) -> dict:
-        kwargs = {k: v for k, v in super().cache_kwargs().items() if k not in _NOT_IN_CACHE_KEY}
+        kwargs = super().cache_kwargs()
         # The datastore's content, not its path: a rebuilt datastore must not reuse old rows.
         kwargs["datastore"] = Datastore.read_fingerprint(self.datastore)
         return kwargs
@@ -92,19 +81,6 @@ class ReBase(TaskDatasetBuilder):
             "retrieval_score": -1.0,
             "label_from_source": False,
         }
-
-    def engine(self):
-        cfg = self.config
-        if cfg.base_url:
-            return OpenAIEngine(
-                cfg.base_url,
-                model=cfg.model,
-                api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
-                timeout=cfg.timeout,
-                max_retries=cfg.max_retries,
-                concurrency=cfg.concurrency,
-            )
-        return TransformersEngine.from_pretrained(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size)
 
     def synthesize(self, task: Task, journal: Journal, report: FilterReport) -> list[dict]:
         store = Datastore.load(self.config.datastore)

@@ -7,7 +7,6 @@ from typing import Optional
 
 import datasets
 
-from ..engines import TransformersEngine
 from ..journal import Journal
 from ..report import FilterReport
 from ..synthesis.pipeline import SelfGuidePipeline
@@ -16,6 +15,7 @@ from .base import TaskDatasetBuilder, TaskDatasetConfig
 from ..errors import ConfigError
 
 LABEL_STRATEGIES = ("likelihood", "channel", "vote")
+SCORED_STRATEGIES = ("likelihood", "channel")  # they need the log-probability of a continuation: Engine.score
 BALANCE_MODES = ("cap", "downsample", "rank", "none")
 
 
@@ -105,5 +105,10 @@ class SelfGuide(TaskDatasetBuilder):
         return {"round": -1, "votes": 0, "agreement": 0.0}
 
     def synthesize(self, task: Task, journal: Journal, report: FilterReport) -> list[dict]:
-        engine = TransformersEngine.from_pretrained(self.config.model, dtype=self.config.dtype, batch_size=self.config.batch_size)
-        return SelfGuidePipeline(task, engine, self.config, journal, report).run()
+        engine = self.engine()
+        try:
+            if task.is_classification and self.config.label_strategy in SCORED_STRATEGIES:
+                engine.check_scoring()  # a server that cannot score fails here, before any sampling is spent
+            return SelfGuidePipeline(task, engine, self.config, journal, report).run()
+        finally:
+            engine.close()

@@ -22,7 +22,8 @@ def _knob(text: str) -> tuple[str, object]:
 
 # Knobs that have their own flag: a --set of one would clash with, or silently override, the flag.
 _FLAGGED_KNOBS = {"task": "the TASK argument", "num_examples": "--num-examples", "seed": "--seed", "model": "--model",
-                  "datastore": "--datastore", "base_url": "--base-url", "cache_dir": "--cache-dir"}
+                  "datastore": "--datastore", "base_url": "--base-url", "cache_dir": "--cache-dir",
+                  "engine": "--engine", "prompt_format": "--prompt-format", "tokenizer": "--tokenizer"}
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -39,14 +40,15 @@ def generate(args: argparse.Namespace) -> int:
     kwargs = dict(task=str(Path(args.task).resolve()), num_examples=args.num_examples, seed=args.seed, **knobs)
     if args.model:
         kwargs["model"] = args.model
+    for knob in ("base_url", "engine", "prompt_format", "tokenizer"):
+        if getattr(args, knob) is not None:
+            kwargs[knob] = getattr(args, knob)
     if args.method == "rebase":
         if not args.datastore:
             raise ConfigError("--datastore: required with --method rebase. Fix: pass a folder made by `selfguide datastore` (or selfguide.rebase.build_datastore)")
         kwargs["datastore"] = str(Path(args.datastore).resolve())
-        if args.base_url:
-            kwargs["base_url"] = args.base_url
-    elif args.datastore or args.base_url:
-        raise ConfigError("--datastore/--base-url: only used by --method rebase. Fix: add --method rebase or drop them")
+    elif args.datastore:
+        raise ConfigError("--datastore: only used by --method rebase. Fix: add --method rebase or drop it")
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
     dataset = load_dataset(args.method, **kwargs)
@@ -71,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output-dir", required=True)
     gen.add_argument("--method", choices=["selfguide", "rebase"], default="selfguide", help="SELF-GUIDE (the student invents inputs) or ReBase (rewrite retrieved rows)")
     gen.add_argument("--datastore", help="ReBase: datastore folder made by `selfguide datastore`")
-    gen.add_argument("--base-url", help="ReBase: OpenAI-compatible server that rewrites the rows (--model then names the served model)")
+    gen.add_argument("--base-url", help="OpenAI-compatible server (vLLM, llama.cpp, TGI) that runs every model call; --model then names the served model")
+    gen.add_argument("--engine", choices=["transformers", "llama.cpp"], help="in-process engine (default transformers; llama.cpp runs a .gguf through llama-cpp-python)")
+    gen.add_argument("--prompt-format", choices=["auto", "chat", "document"], help="chat template or plain documents (default auto: chat when the student has a template)")
+    gen.add_argument("--tokenizer", help="with --base-url: Hub id, folder or .gguf whose chat template the served model uses")
     gen.add_argument("--cache-dir", help="datasets cache directory (default: HF_DATASETS_CACHE)")
     gen.add_argument("--set", type=_knob, action="append", default=[], metavar="KEY=VALUE", help="any builder config knob, e.g. --set max_rounds=5")
     gen.set_defaults(func=generate)

@@ -88,16 +88,40 @@ def resolve_student(model: Optional[str] = None) -> str:
     return str(path) if path.exists() else model
 
 
+def native_bf16_flags() -> list[str]:
+    """The CPU flags that give bf16 a native fast path here: AVX512-BF16 or AMX-BF16 (x86), BF16 (Arm)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so no claim of native bf16
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
+    return sorted(set(flags) & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def resolve_dtype(dtype: str = "auto") -> torch.dtype:
+    """`dtype` as a torch dtype; "auto" is bf16 (fp16 without bf16) on a GPU, bf16 on a CPU with native bf16
+    instructions and float32 on any other CPU."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: {dtype!r} is not one of {DTYPES}. Fix: pass one of them, e.g. 'bfloat16' for bf16")
     if dtype != "auto":
         return getattr(torch, dtype)
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # Measured on an AVX2 CPU without native bf16: generation was ~6% slower in bf16 than float32 and QLoRA
-    # steps 22x slower (benchmarks/results/qlora_compute_dtype.md), so CPUs get float32 unless asked.
-    return torch.float32
+    # On an AVX2 CPU without native bf16, generation was ~6% slower in bf16 than float32 and QLoRA steps 22x
+    # slower (benchmarks/results/qlora_compute_dtype.md); with AVX512-BF16 both run faster in bf16
+    # (qlora_compute_dtype_avx512bf16.md, synthesis_throughput.md).
+    return torch.bfloat16 if native_bf16_flags() else torch.float32
+
+
+def dtype_choice(dtype: str = "auto") -> str:
+    """What a card says about the dtype: the one used and, for "auto", why."""
+    chosen = str(resolve_dtype(dtype)).replace("torch.", "")
+    if dtype != "auto":
+        return chosen
+    if torch.cuda.is_available():
+        return f"{chosen} (auto: GPU)"
+    flags = native_bf16_flags()
+    return f"{chosen} (auto: CPU with {', '.join(flags)})" if flags else f"{chosen} (auto: CPU without native bf16)"
 
 
 def load_student(model: Optional[str] = None, dtype: str = "auto", device: Optional[str] = None):

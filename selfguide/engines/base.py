@@ -48,6 +48,12 @@ class Engine(ABC):
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations; use label_strategy='vote'")
 
+    def check_scoring(self) -> None:
+        """Raise, before any sampling work, if `score` cannot work; engines that score locally always can."""
+
+    def close(self) -> None:
+        """Release what the engine holds (connections, a loaded model); a no-op for most engines."""
+
     @property
     def has_chat_template(self) -> bool:
         """Whether the student is a chat model whose template `render_chat` applies."""
