@@ -136,9 +136,9 @@ def score_model(
     seed: int = 0,
 ) -> TaskScore:
     rows = list(rows) if rows is not None else gold_rows(task)
-    references = [r.output for r in rows]
+    references = [r.answers for r in rows]
     tokenizer = _text_tokenizer(tokenizer)
-    budget = max_new_tokens or default_max_new_tokens(task, tokenizer, references)
+    budget = max_new_tokens or default_max_new_tokens(task, tokenizer, [a for answers in references for a in answers])
     prompts = build_prompts(task, [r.input for r in rows], prompt, seed=seed)
     bar = f"scoring {model_label}, {prompt} prompt" if _is_main_process() else None
     predictions = _across_processes(lambda ps: generate(model, tokenizer, ps, budget, batch_size, bar), prompts)

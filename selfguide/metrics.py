@@ -1,15 +1,18 @@
-"""The paper's task metrics: exact match after label extraction, and token-level ROUGE-L."""
+"""The paper's task metrics: exact match after label extraction, and ROUGE-L as Natural Instructions scores it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
+
+from rouge_score import rouge_scorer, tokenizers
+
 from .errors import ConfigError
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_TOKEN = re.compile(r"[a-z0-9]+")  # rouge_score's tokens, the paper's ROUGE-L
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 
 
@@ -87,48 +90,41 @@ def exact_match(prediction: str, reference: str, labels: Optional[Sequence[str]]
     return float(normalize(prediction) == normalize(reference))
 
 
-def _tokens(text: str, pattern: re.Pattern = _TOKEN) -> list[str]:
-    return pattern.findall(text.lower())
+class AnyScriptTokenizer(tokenizers.DefaultTokenizer):
+    """rouge_score's tokens (lowercase runs of [a-z0-9], Porter-stemmed when built with `use_stemmer`); a text in
+    which those find nothing (Cyrillic, CJK, Arabic) is read as its lowercase runs of letters and digits of any
+    script instead, unstemmed, or every such answer would score 0.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        return super().tokenize(text) or _WORD.findall(text.lower())
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+# Natural Instructions' own evaluation scores the raw texts with RougeScorer(["rougeL"], use_stemmer=True), whose
+# tokenizer is DefaultTokenizer(use_stemmer=True): this one, until a text has no [a-z0-9] in it.
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=AnyScriptTokenizer(use_stemmer=True))
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over lowercase tokens, as rouge_score tokenises for the paper (NI adds a Porter stemmer,
-    left out here): runs of [a-z0-9]. Texts in which that finds nothing (Cyrillic, CJK, Arabic) are read as
-    runs of letters and digits of any script instead, or they would all tie at 1.0.
-    """
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p and not r:
-        p, r = _tokens(prediction, _WORD), _tokens(reference, _WORD)
-    if not p or not r:
-        # With no word on a side there is nothing to overlap: only the same text matches.
-        return float(prediction.strip() == reference.strip())
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F-measure from rouge_score, as NI computes it (stemmed [a-z0-9] tokens), with
+    `AnyScriptTokenizer`'s reading of texts in other scripts. A side with no token scores 0.0."""
+    return float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure)
 
 
 def metric_name(task_type: str) -> str:
     return "exact_match" if task_type == "classification" else "rougeL"
 
 
-def task_score(task_type: str, predictions: Sequence[str], references: Sequence[str], labels=None) -> float:
-    """Mean metric on a 0-100 scale, as the paper reports it."""
+def task_score(
+    task_type: str, predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]], labels=None
+) -> float:
+    """Mean metric on a 0-100 scale, as the paper reports it.
+
+    A reference is a row's answer, or every answer it accepts (`Example.answers`): then the row scores its
+    best, as NI's `metric_max_over_ground_truths` does.
+    """
     if not references:
         raise ConfigError("references: no rows to score. Fix: give the task gold rows (a 'test' list or NI Instances)")
-    if task_type == "classification":
-        values = [exact_match(p, r, labels) for p, r in zip(predictions, references)]
-    else:
-        values = [rouge_l(p, r) for p, r in zip(predictions, references)]
+    metric = functools.partial(exact_match, labels=labels) if task_type == "classification" else rouge_l
+    values = [max(metric(p, r) for r in ((refs,) if isinstance(refs, str) else refs)) for p, refs in zip(predictions, references)]
     return 100.0 * sum(values) / len(values)

@@ -31,6 +31,16 @@ class TaskSpecError(ConfigError):
 class Example:
     input: str
     output: str
+    # Every answer the row accepts when it has several (an NI instance lists them), `output` first; () when
+    # `output` is the only one. Scoring takes the best of them.
+    references: tuple[str, ...] = ()
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return self.references or (self.output,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output} | ({"references": list(self.references)} if self.references else {})
 
 
 @dataclass
@@ -144,6 +154,8 @@ class Task:
         """Content hash: the cache key of everything derived from this task."""
         # Without aliases a task hashes as it did before the field existed.
         fields = {k: v for k, v in asdict(self).items() if k != "source" and not (k == "label_aliases" and not v)}
+        # Rows hash as written, so a row with one answer hashes as it did before `references` existed.
+        fields |= {"examples": [e.to_dict() for e in self.examples], "gold": [e.to_dict() for e in self.gold]}
         payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
@@ -153,8 +165,8 @@ class Task:
             "instruction": self.instruction,
             "type": self.type,
             "labels": self.labels,
-            "examples": [asdict(e) for e in self.examples],
-            "test": [asdict(e) for e in self.gold],
+            "examples": [e.to_dict() for e in self.examples],
+            "test": [e.to_dict() for e in self.gold],
         } | ({"label_aliases": self.label_aliases} if self.label_aliases else {})
 
     # -- constructors ------------------------------------------------------------------------
@@ -230,9 +242,9 @@ class Task:
         gold = []
         for i, inst in enumerate(data.get("Instances") or []):
             outputs = inst.get("output")
-            output = outputs[0] if isinstance(outputs, list) and outputs else outputs
-            if isinstance(inst.get("input"), str) and isinstance(output, str):
-                gold.append(Example(inst["input"], output))
+            outputs = outputs if isinstance(outputs, list) else [outputs]
+            if isinstance(inst.get("input"), str) and outputs and all(isinstance(o, str) for o in outputs):
+                gold.append(Example(inst["input"], outputs[0], tuple(outputs) if len(outputs) > 1 else ()))
         task_type = infer_type(examples, gold, None)
         labels = _label_set(examples, gold) if task_type == "classification" else None
         return cls(name=name, instruction=instruction or "", examples=examples, type=task_type, labels=labels, gold=gold, source=source)
@@ -273,7 +285,11 @@ def _examples(raw: Any, field_name: str, source: Optional[str]) -> list[Example]
         for key in ("input", "output"):
             if key not in item or item[key] is None:
                 raise TaskSpecError(f"{field_name}[{i}].{key}", "is missing", f"add the '{key}' text", source)
-        out.append(Example(str(item["input"]), str(item["output"])))
+        output, references = str(item["output"]), item.get("references") or []
+        if not isinstance(references, list) or not all(isinstance(r, str) for r in references) or references[:1] not in ([], [output]):
+            raise TaskSpecError(f"{field_name}[{i}].references", "must be a list of strings whose first is the row's output",
+                                f"write references: [{output!r}, <each other accepted answer>], or leave it out", source)
+        out.append(Example(str(item["input"]), output, tuple(references) if len(references) > 1 else ()))
     return out
 
 

@@ -11,12 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from selfguide import Task
+from selfguide import Example, Task
 from selfguide.commands import add_evaluate_parser, demo_task_path
 from selfguide.evaluation import (
     FEW_SHOT, ZERO_SHOT, _across_processes, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model,
 )
-from selfguide.metrics import most_frequent_answer, task_score
+from selfguide.metrics import most_frequent_answer, rouge_l, task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
 
 
@@ -68,6 +68,16 @@ def test_scores_are_greedy_deterministic_and_leave_model_and_tokenizer_as_found(
     assert first.predictions == second.predictions
     assert first.value == task_score(task.type, first.predictions, [g.output for g in task.gold], task.labels)
     assert model.training and tokenizer.padding_side == "right"
+
+
+def test_a_gold_row_with_several_answers_scores_its_best(lively):
+    model, tokenizer = lively
+    task = Task.load({"instruction": "Repeat the words.", "type": "generation", "examples": [{"input": "a b", "output": "a b"}],
+                      "test": [{"input": "the cat sat", "output": "the cat sat"}, {"input": "dogs bark", "output": "dogs bark"}]})
+    answers = score_model(model, tokenizer, task, max_new_tokens=6).predictions
+    assert all(rouge_l(a, a) == 1.0 and rouge_l(a, "zz") == 0.0 for a in answers), answers
+    rows = [Example(g.input, "zz", ("zz", answer)) for g, answer in zip(task.gold, answers)]
+    assert score_model(model, tokenizer, task, rows, max_new_tokens=6).value == 100.0
 
 
 ITEMS = ["a", "b", "c", "d", "e"]  # odd, so the two ranks' shares differ in size
