@@ -109,6 +109,6 @@ class SelfGuide(TaskDatasetBuilder):
         try:
             if task.is_classification and self.config.label_strategy in SCORED_STRATEGIES:
                 engine.check_scoring()  # a server that cannot score fails here, before any sampling is spent
-            return SelfGuidePipeline(task, engine, self.config, journal, report).run()
+            return SelfGuidePipeline(task, engine, self.config, journal, report, chat=self.chat).run()
         finally:
             engine.close()

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from datasets.utils import tqdm
 
+from ..prompts import tokenizer_style
 from .base import Engine, SamplingParams, truncate_at_stop
 
 
@@ -175,9 +176,7 @@ class TransformersEngine(Engine):
     def render_chat(self, messages) -> str:
         if not self.has_chat_template:
             return super().render_chat(messages)
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return tokenizer_style(self.tokenizer).render(messages)
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])

@@ -5,7 +5,8 @@ examples (the gold inputs, called high-quality in the paper, mixed in shuffled o
 `max_low_quality` (3) earlier generations, the low-quality ones), and finally an open example slot. For classification
 every example carries its answer and the open slot names a target label, so the student writes an
 input for that label. Keeping the instruction in a header, away from the slot, stops it leaking
-into the generated text.
+into the generated text. A chat student gets the same text as its user turn, the open slot replaced by
+a request for that example's input, which it writes as its answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 from typing import Optional, Sequence
 
 from ..engines import Engine
+from ..prompts import DOCUMENT, PromptStyle
 from ..task import Example, Task
 
 SLOT_MARKER = "### Example"
@@ -29,6 +31,7 @@ def build_input_prompt(
     low_quality: Sequence[Example],
     target_label: Optional[str],
     rng: random.Random,
+    style: PromptStyle = DOCUMENT,
 ) -> str:
     shots = list(task.examples) + list(low_quality)
     rng.shuffle(shots)
@@ -36,8 +39,12 @@ def build_input_prompt(
     parts = [f"Task: {task.instruction.strip()}\nBelow are example inputs for this task."]
     for i, ex in enumerate(shots, start=1):
         parts.append(f"{_slot(i, ex.output if with_label else None)}\n{ex.input.strip()}")
-    parts.append(f"{_slot(len(shots) + 1, target_label)}\n")
-    return "\n\n".join(parts)
+    if not style.chat:
+        parts.append(f"{_slot(len(shots) + 1, target_label)}\n")
+        return "\n\n".join(parts)
+    wanted = f" whose answer is {target_label}" if target_label is not None else ""
+    parts.append(f"Write example {len(shots) + 1}: one new input for this task{wanted}. Reply with the input only.")
+    return style.wrap("\n\n".join(parts))
 
 
 def draw_target_label(labels: Sequence[str], counts: dict[str, int], cap: int, rng: random.Random) -> str:

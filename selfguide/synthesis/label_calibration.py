@@ -18,7 +18,7 @@ import random
 from typing import Sequence
 
 from ..engines import Engine
-from ..prompts import format_completion, format_prompt
+from ..prompts import DOCUMENT, PromptStyle, format_prompt
 from ..task import Task
 from .input_generation import build_input_prompt
 from .output_annotation import Annotation
@@ -40,6 +40,7 @@ def label_by_likelihood(
     seed: int,
     calibrate: bool = True,
     num_orders: int = 4,
+    style: PromptStyle = DOCUMENT,
 ) -> list[Annotation]:
     """One annotation per input: the calibrated most likely label and its probability as agreement.
 
@@ -54,9 +55,9 @@ def label_by_likelihood(
         orders.append(shots)
 
     def prompt(text: str, k: int) -> str:
-        return format_prompt(task, text, orders[k])
+        return style.wrap(format_prompt(task, text, orders[k]))
 
-    continuations = [format_completion(label) for label in labels]
+    continuations = [style.completion(label) for label in labels]
     baseline = [[0.0] * len(labels) for _ in orders]
     if calibrate:
         flat = engine.score(
@@ -71,13 +72,15 @@ def label_by_likelihood(
     ]
 
 
-def label_by_channel(engine: Engine, task: Task, inputs: Sequence[str], seed: int, num_orders: int = 4) -> list[Annotation]:
+def label_by_channel(
+    engine: Engine, task: Task, inputs: Sequence[str], seed: int, num_orders: int = 4, style: PromptStyle = DOCUMENT
+) -> list[Annotation]:
     """One annotation per input: the label whose input-generation prompt gives the input the highest
     log-likelihood. The same `num_orders` demonstration orders are shared across inputs, so each
     (order, label) prompt is encoded once for all the inputs that use it."""
     labels = list(task.labels)
     prompts = [
-        build_input_prompt(task, [], label, random.Random(f"{seed}:order{i % num_orders}"))
+        build_input_prompt(task, [], label, random.Random(f"{seed}:order{i % num_orders}"), style)
         for i in range(len(inputs))
         for label in labels
     ]

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from ..engines import Engine, SamplingParams
 from ..metrics import normalize
-from ..prompts import row_fewshot_prompt
+from ..prompts import DOCUMENT, PromptStyle, row_fewshot_prompt
 from ..task import Task
 
 
@@ -25,12 +25,14 @@ class Annotation:
     label_scores: Optional[list[float]] = None  # likelihood labelling: calibrated log-probability of each label
 
 
-def annotation_prompts(task: Task, inputs: Sequence[str], seed: int) -> list[str]:
-    return [row_fewshot_prompt(task, text, seed, i) for i, text in enumerate(inputs)]
+def annotation_prompts(task: Task, inputs: Sequence[str], seed: int, style: PromptStyle = DOCUMENT) -> list[str]:
+    return [style.wrap(row_fewshot_prompt(task, text, seed, i)) for i, text in enumerate(inputs)]
 
 
-def sample_outputs(engine: Engine, task: Task, inputs: Sequence[str], params: SamplingParams) -> list[list[str]]:
-    return engine.generate(annotation_prompts(task, inputs, params.seed or 0), params)
+def sample_outputs(
+    engine: Engine, task: Task, inputs: Sequence[str], params: SamplingParams, style: PromptStyle = DOCUMENT
+) -> list[list[str]]:
+    return engine.generate(annotation_prompts(task, inputs, params.seed or 0, style), params)
 
 
 def vote(

@@ -16,7 +16,7 @@ from datasets.utils import tqdm
 from ..engines import Engine, SamplingParams
 from ..journal import Journal
 from ..metrics import extract_label
-from ..prompts import OUTPUT_STOP
+from ..prompts import DOCUMENT, OUTPUT_STOP, PromptStyle
 from ..report import FilterReport
 from ..task import Example, Task
 from .class_balance import assign_by_rank, class_cap, class_counts, downsample_to_smallest
@@ -34,9 +34,13 @@ def _seed(*parts) -> int:
 class SelfGuidePipeline:
     """`config` carries the knobs: a `SelfGuideConfig` (see builders/selfguide.py) or anything alike."""
 
-    def __init__(self, task: Task, engine: Engine, config, journal: Journal, report: FilterReport, progress: bool = True):
+    def __init__(
+        self, task: Task, engine: Engine, config, journal: Journal, report: FilterReport, progress: bool = True, chat: bool = False
+    ):
         self.task, self.engine, self.cfg, self.journal, self.report = task, engine, config, journal, report
         self.progress = progress
+        # A chat student gets every prompt as a user turn in its template (render_chat raises if it has none).
+        self.style = PromptStyle(engine.render_chat) if chat else DOCUMENT
         cfg = config
         self.labels = task.labels if task.is_classification else None
         # "rank" labels the pool only once it is complete, so no class can be full before then.
@@ -90,16 +94,16 @@ class SelfGuidePipeline:
             low = [Example(r["input"], r["output"]) for r in rng.sample(rows, k)]
             # The target label only steers what the student writes: stage (c) labels every input itself.
             target = draw_target_label(self.labels, counts, self.cap or cfg.num_examples, rng) if self.labels else None
-            prompts.append(build_input_prompt(self.task, low, target, rng))
+            prompts.append(build_input_prompt(self.task, low, target, rng, self.style))
         return prompts
 
     def _annotate(self, inputs: list[str], seed: int) -> list[Annotation]:
         if self.labels and self.cfg.label_strategy == "likelihood":
-            return label_by_likelihood(self.engine, self.task, inputs, seed, calibrate=self.cfg.calibrate)
+            return label_by_likelihood(self.engine, self.task, inputs, seed, calibrate=self.cfg.calibrate, style=self.style)
         if self.labels and self.cfg.label_strategy == "channel":
-            return label_by_channel(self.engine, self.task, inputs, seed)
+            return label_by_channel(self.engine, self.task, inputs, seed, style=self.style)
         params = SamplingParams(**{**vars(self.output_params), "seed": seed})
-        samples = sample_outputs(self.engine, self.task, inputs, params)
+        samples = sample_outputs(self.engine, self.task, inputs, params, self.style)
         to_answer = (lambda s: extract_label(s, self.labels)) if self.labels else (lambda s: s.strip() or None)
         return [vote(s, self.cfg.min_majority, to_answer) for s in samples]
 
