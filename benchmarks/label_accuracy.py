@@ -24,6 +24,11 @@ with words than with letters.
 
     python benchmarks/label_accuracy.py                      # the 7 classification tasks, 40 rows each
     python benchmarks/label_accuracy.py --tasks task190 --rows 40
+    python benchmarks/label_accuracy.py --model qwen.gguf --engine llama.cpp --prompt-format chat   # any student
+
+`--model` takes any student (Hub id, folder, .gguf; default the embedded one), `--engine` the in-process engine
+that runs it, and `--prompt-format` whether its prompts are documents or user turns of its chat template
+(auto: chat when the student has a template), as the builder's knobs of the same names.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import random
 import time
 from collections import Counter
+from pathlib import Path
 
 from common import SHARED_DATA, command_line, machine, markdown_table, write_results
 from ni_v2 import NI_LABEL_ALIASES, split_rows
@@ -40,9 +46,11 @@ from ni_v2 import NI_LABEL_ALIASES, split_rows
 from selfguide import Task
 from selfguide.task import Example
 from selfguide.engines import SamplingParams, TransformersEngine
+from selfguide.engines.llamacpp_engine import LlamaCppEngine
+from selfguide.prompt_format import resolve_prompt_format
+from selfguide.prompts import DOCUMENT, PromptStyle
 from selfguide.metrics import normalize_label
 from selfguide.prompts import OUTPUT_STOP
-from selfguide.student import resolve_student
 from selfguide.metrics import extract_label
 from selfguide.synthesis.class_balance import assign_by_rank
 from selfguide.synthesis.label_calibration import label_by_channel, label_by_likelihood
@@ -54,34 +62,34 @@ def seeded_rows(task: Task, split: str, rows: int, seed: int) -> list[dict]:
     return random.Random(f"{seed}:{task.name}:labels").sample(pool, min(rows, len(pool)))
 
 
-def sampled_labels(engine, task: Task, inputs: list[str], seed: int, n: int, temperature: float) -> list:
+def sampled_labels(engine, task: Task, inputs: list[str], seed: int, style: PromptStyle, n: int, temperature: float) -> list:
     params = SamplingParams(temperature=temperature, top_k=40 if temperature else 0, n=n, max_new_tokens=8,
                             stop=OUTPUT_STOP, seed=seed)
-    samples = sample_outputs(engine, task, inputs, params)
+    samples = sample_outputs(engine, task, inputs, params, style)
     return [vote(s, 0.3, lambda text: extract_label(text, task.labels)).output for s in samples]
 
 
-def likelihood_labels(engine, task: Task, inputs: list[str], seed: int, calibrate: bool = True) -> list[str]:
-    return [a.output for a in label_by_likelihood(engine, task, inputs, seed, calibrate=calibrate)]
+def likelihood_labels(engine, task: Task, inputs: list[str], seed: int, style: PromptStyle, calibrate: bool = True) -> list[str]:
+    return [a.output for a in label_by_likelihood(engine, task, inputs, seed, calibrate=calibrate, style=style)]
 
 
-def ensemble_labels(engine, task: Task, inputs: list[str], seed: int) -> list[str]:
+def ensemble_labels(engine, task: Task, inputs: list[str], seed: int, style: PromptStyle) -> list[str]:
     # Each input under 4 orders: one single-order call per seed, so every input sees every order.
-    orders = [label_by_likelihood(engine, task, inputs, seed + k, num_orders=1) for k in range(4)]
+    orders = [label_by_likelihood(engine, task, inputs, seed + k, num_orders=1, style=style) for k in range(4)]
     k = len(task.labels)
     mean = [[sum(o[i].label_scores[c] for o in orders) for c in range(k)] for i in range(len(inputs))]
     return [task.labels[max(range(k), key=m.__getitem__)] for m in mean]
 
 
-def rank_labels(engine, task: Task, inputs: list[str], seed: int) -> list:
-    calibrated = label_by_likelihood(engine, task, inputs, seed)
+def rank_labels(engine, task: Task, inputs: list[str], seed: int, style: PromptStyle) -> list:
+    calibrated = label_by_likelihood(engine, task, inputs, seed, style=style)
     rows = [{"index": i, "label_scores": a.label_scores} for i, a in enumerate(calibrated)]
     by_index = {r["index"]: r["output"] for r in assign_by_rank(rows, task.labels, len(inputs))}
     return [by_index.get(i) for i in range(len(inputs))]
 
 
-def channel_labels(engine, task: Task, inputs: list[str], seed: int) -> list[str]:
-    return [a.output for a in label_by_channel(engine, task, inputs, seed)]
+def channel_labels(engine, task: Task, inputs: list[str], seed: int, style: PromptStyle) -> list[str]:
+    return [a.output for a in label_by_channel(engine, task, inputs, seed, style=style)]
 
 
 LABELLERS = {
@@ -116,12 +124,18 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=list(LABELLERS), choices=list(LABELLERS))
     p.add_argument("--verbalize", action="store_true",
                    help="label tasks that have aliases (ni_v2.NI_LABEL_ALIASES) with the alias words, read back as labels")
+    p.add_argument("--model", default=None, help="the student: Hub id, folder or .gguf (default: the embedded one)")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "llama.cpp"])
+    p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "document"])
     p.add_argument("--name", default="label_accuracy")
     p.add_argument("--note", default="", help="a paragraph for the Markdown: how the records were made")
     args = p.parse_args()
 
     start = time.perf_counter()
-    engine = TransformersEngine.from_pretrained(resolve_student(None))
+    engine = (LlamaCppEngine.from_pretrained(args.model, seed=args.seed) if args.engine == "llama.cpp"
+              else TransformersEngine.from_pretrained(args.model))
+    prompt_format = resolve_prompt_format(args.prompt_format, args.model)
+    style = PromptStyle(engine.render_chat) if prompt_format == "chat" else DOCUMENT
     results = []
     for number in args.tasks:
         task = Task.load(next((SHARED_DATA / "ni" / "tasks").glob(f"{number}_*.json")))
@@ -134,9 +148,9 @@ def main() -> None:
             task.label_aliases = aliases
             task.validate()
             words = verbalized(task)
-            predicted = {k: [a and task.label_of(a) for a in LABELLERS[k](engine, words, inputs, args.seed)] for k in args.strategies}
+            predicted = {k: [a and task.label_of(a) for a in LABELLERS[k](engine, words, inputs, args.seed, style)] for k in args.strategies}
         else:
-            predicted = {k: LABELLERS[k](engine, task, inputs, args.seed) for k in args.strategies}
+            predicted = {k: LABELLERS[k](engine, task, inputs, args.seed, style) for k in args.strategies}
         record = {
             "task": task.name, "rows": len(rows), "labels": list(task.labels), "verbalized": bool(aliases),
             "majority": 100 * Counter(gold).most_common(1)[0][1] / len(gold),
@@ -163,7 +177,8 @@ def main() -> None:
     shares = [[r["task"], *(f"{r['top_predicted_share'][k]:.0f}" for k in args.strategies)] for r in results]
     wall = time.perf_counter() - start
     md = (
-        f"# Label accuracy of the embedded student's own labellers ({args.split} split)\n\n"
+        f"# Label accuracy of {'the embedded student' if not args.model else Path(args.model).name}'s own labellers "
+        f"({args.split} split, {prompt_format} prompts, {args.engine})\n\n"
         f"Exact match of each stage (c) labeller against the gold label on {args.rows} seeded rows per task "
         f"of the paper's `{args.split}` split, beside the majority label of the same rows. See the module "
         "docstring of `benchmarks/label_accuracy.py` for the strategies.\n\n"
@@ -173,7 +188,7 @@ def main() -> None:
         + f"\n\nCommand: `{command_line()}`; wall time {wall / 60:.1f} min.\n"
         + (f"\n{args.note}\n" if args.note else "")
     )
-    write_results(args.name, {"settings": vars(args), "command": command_line(), "results": results, "wall_s": wall, "machine": machine()}, md)
+    write_results(args.name, {"settings": vars(args), "prompt_format": prompt_format, "command": command_line(), "results": results, "wall_s": wall, "machine": machine()}, md)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ def test_synthesis_prompts_are_user_turns_of_the_template(tmp_path, tiny_chat_di
     chat = SelfGuidePipeline(task, engine, config, Journal(tmp_path / "j1.jsonl"), FilterReport(), progress=False, chat=True)
     document = SelfGuidePipeline(task, engine, config, Journal(tmp_path / "j2.jsonl"), FilterReport(), progress=False)
     (prompt,) = chat._prompts(random.Random(0), 1, [])
-    assert prompt.startswith("[user]\nTask: ") and prompt.endswith("Reply with the input only.</s>\n<s>[assistant]\n")
-    assert "answer:" in prompt.split("Reply with")[0].rsplit("###", 1)[0]  # the demonstrations keep their labels
+    assert prompt.startswith("[user]\nYou write new inputs for a task whose instruction is: ") and prompt.endswith("Reply with the text of the new input only, not its answer.</s>\n<s>[assistant]\n")
+    assert "answer:" in prompt.split("Write example")[0]  # the demonstrations keep their labels
     (plain,) = document._prompts(random.Random(0), 1, [])
     assert "[user]" not in plain and plain.endswith("\n")
 

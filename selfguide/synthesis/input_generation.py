@@ -36,14 +36,19 @@ def build_input_prompt(
     shots = list(task.examples) + list(low_quality)
     rng.shuffle(shots)
     with_label = task.is_classification
-    parts = [f"Task: {task.instruction.strip()}\nBelow are example inputs for this task."]
+    if style.chat:  # a chat model reads "Task: <instruction>" as an order to do the task, so it is named as a quote
+        parts = [f"You write new inputs for a task whose instruction is: \"{task.instruction.strip()}\"\n"
+                 f"Below are example inputs for this task{', each with its answer' if with_label else ''}."]
+    else:
+        parts = [f"Task: {task.instruction.strip()}\nBelow are example inputs for this task."]
     for i, ex in enumerate(shots, start=1):
         parts.append(f"{_slot(i, ex.output if with_label else None)}\n{ex.input.strip()}")
     if not style.chat:
         parts.append(f"{_slot(len(shots) + 1, target_label)}\n")
         return "\n\n".join(parts)
-    wanted = f" whose answer is {target_label}" if target_label is not None else ""
-    parts.append(f"Write example {len(shots) + 1}: one new input for this task{wanted}. Reply with the input only.")
+    wanted = f" whose answer would be \"{target_label}\"" if target_label is not None else ""
+    parts.append(f"Write example {len(shots) + 1}: one new input for this task, unlike the examples,{wanted}. "
+                 "Reply with the text of the new input only, not its answer.")
     return style.wrap("\n\n".join(parts))
 
 
