@@ -140,7 +140,7 @@ def test_chain_of_thought_rows_keep_reasoning_and_answer(store, tmp_path):
 
 def test_a_teacher_that_only_writes_nonsense_fails_with_the_report(store, tmp_path):
     with ScriptedServer(lambda prompt, body: '", "output": }') as server:
-        with pytest.raises(RuntimeError, match="(?s)no synthetic row survived.*transform.*malformed_json: 4"):
+        with pytest.raises(RuntimeError, match="(?s)no synthetic row survived.*transform.*empty_field: 4"):
             _load(store.path, server.base_url, tmp_path / "cache", num_examples=2)
 
 

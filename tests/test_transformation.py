@@ -37,6 +37,9 @@ def rewrite():
         ("{'input': 'A great movie', 'output': 'positive'}", True),  # Python quoting
         ('{"input": "A great movie", "output": \u201cpositive\u201d}', True),  # typographic quotes
         ('{"input": "A great movie", "output": "positive', True),  # cut off by the token limit
+        ('{"input": "A great movie" "output": "positive"}', True),  # a missing comma
+        ('{"input": "A great movie", output: "positive"}', True),  # an unquoted key
+        ('{"input": "A great movie", "output": "positive",}\n{"input": "next one"', True),  # the first of several
     ],
 )
 def test_answers_parse_or_are_repaired(answer, repaired):
@@ -62,6 +65,7 @@ def test_raw_newlines_and_numbers_are_accepted():
         ('{"question": "A great movie", "answer": "positive"}', "missing_field"),
         ('{"input": "  ", "output": "positive"}', "empty_field"),
         ('{"input": "A great movie", "output": ["positive"]}', "empty_field"),
+        pytest.param('{"input": "A great movie", "output": ' + "{" * 600, "malformed_json", id="nested-deeper-than-json_repair-reads"),
     ],
 )
 def test_unusable_answers_are_reported_not_raised(answer, error):
@@ -167,18 +171,19 @@ def test_a_teacher_answering_badly_is_counted_never_fatal(sentiment):
         "fine": 'Good fun for the family.", "output": "positive"}',
         "comma": 'Fun, but far too long.", "output": "negative",}',
         "cut": "Wonderful score and a brave",
-        "nonsense": ' "output" ??? ',
+        "nonsense": ' "output" ??? ',  # repaired, its one field an input holding the rest
+        "braces": '", "output": ' + "{" * 600,
         "label": 'Middling at best.", "output": "mixed"}',
     }
     with ScriptedServer(lambda prompt, body: replies[source_record(prompt)["key"]]) as server:
         transformer = Transformer(sentiment, OpenAIEngine(server.base_url, model="m"))
         outcomes = transformer.transform([{"key": k, "text": f"{k} row"} for k in replies])
-    assert [o.status for o in outcomes] == ["ok", "ok", "missing_field", "malformed_json", "label_not_in_set"]
+    assert [o.status for o in outcomes] == ["ok", "ok", "missing_field", "missing_field", "malformed_json", "label_not_in_set"]
     report = FilterReport()
     record(outcomes, report)
     assert report.to_dict() == {
-        "transform": {"in": 5, "out": 2, "dropped": {"missing_field": 1, "malformed_json": 1, "label_not_in_set": 1}},
-        "json_repair": {"in": 3, "out": 2, "dropped": {"malformed_json": 1}},
+        "transform": {"in": 6, "out": 2, "dropped": {"missing_field": 2, "malformed_json": 1, "label_not_in_set": 1}},
+        "json_repair": {"in": 4, "out": 3, "dropped": {"malformed_json": 1}},
     }
 
 

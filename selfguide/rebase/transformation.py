@@ -2,17 +2,18 @@
 
 The prompt is a plain document (instruction, the demos as JSON lines, the source row, and the start
 of the answer object), so a base model continues it as readily as a served teacher does. Answers
-must be a JSON object with "input" and "output"; a malformed one is repaired where its content is
-still recoverable, and otherwise counted under its reason and dropped.
+must be a JSON object with "input" and "output"; a malformed one is repaired by `json_repair` where its
+content is still recoverable, and otherwise counted under its reason and dropped.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
+
+import json_repair
 
 from ..engines import Engine, SamplingParams
 from ..metrics import normalize
@@ -26,13 +27,6 @@ _FIELD_CHARS = 600
 _ROW_CHARS = 2000
 _ANSWER_MARKER = "answer is"
 _FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
-# Both fields found by their keys alone, for objects whose strings hold unescaped quotes.
-_KEYED = re.compile(
-    r"""^\{\s*["']input["']\s*:\s*["'](?P<input>.*?)["']\s*,\s*["']output["']\s*:\s*["'](?P<output>.*)["']\s*\}?\s*$""",
-    re.IGNORECASE | re.DOTALL,
-)
 
 
 def _clip(value, limit: int):
@@ -86,28 +80,6 @@ class Parsed:
     error: Optional[str] = None  # "malformed_json", "missing_field" or "empty_field"
 
 
-def _close_truncated(text: str) -> str:
-    """Close a JSON object cut off mid-way (a generation that hit its token limit)."""
-    depth, in_string, escaped = 0, False, False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-    if escaped:
-        text = text[:-1]
-    return text + ('"' if in_string else "") + "}" * max(depth, 0)
-
-
 def _first_object(text: str) -> Optional[dict]:
     try:
         obj, _ = json.JSONDecoder(strict=False).raw_decode(text)
@@ -116,30 +88,16 @@ def _first_object(text: str) -> Optional[dict]:
     return obj if isinstance(obj, dict) else None
 
 
-def _repairs(text: str):
-    """Ever bolder rewrites of a malformed object; each a guess that only counts if it parses."""
-    fixed = _TRAILING_COMMA.sub(r"\1", text.translate(_SMART_QUOTES))
-    yield fixed
-    yield _close_truncated(fixed)
+def _repaired_object(text: str) -> Optional[dict]:
+    """json_repair's reading of a malformed object (trailing commas, Python quoting, typographic or unescaped
+    quotes, a cut-off end); of several objects, the first."""
     try:
-        literal = ast.literal_eval(_close_truncated(fixed))  # single-quoted, Python-style dicts
-        if isinstance(literal, dict):
-            yield json.dumps(literal)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        pass
-
-
-def _unescape(raw: str) -> str:
-    try:
-        return json.loads('"' + re.sub(r'(?<!\\)"', r'\\"', raw) + '"', strict=False)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _by_keys(text: str) -> Optional[dict]:
-    """The last resort: the input runs to the first '", "output": "', the output to the closing quote."""
-    match = _KEYED.match(text.strip())
-    return {k: _unescape(v) for k, v in match.groupdict().items()} if match else None
+        obj = json_repair.loads(text)
+    except ValueError:  # nesting deeper than its parser goes
+        return None
+    if isinstance(obj, list):
+        obj = obj[0] if obj else None
+    return obj if isinstance(obj, dict) else None
 
 
 def parse_answer(text: str) -> Parsed:
@@ -152,10 +110,7 @@ def parse_answer(text: str) -> Parsed:
     obj = _first_object(body)
     repaired = obj is None
     if obj is None:
-        obj = next((o for o in map(_first_object, _repairs(body)) if o is not None), None)
-    if obj is None:
-        end = body.rfind("}")
-        obj = _by_keys(body[: end + 1] if end >= 0 else body)
+        obj = _repaired_object(body)
     if obj is None:
         return Parsed(error="malformed_json")
     fields = {str(k).strip().lower(): v for k, v in obj.items()}
