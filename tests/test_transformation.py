@@ -47,7 +47,7 @@ def test_answers_parse_or_are_repaired(answer, repaired):
     assert parsed.fields == GOOD and parsed.repaired is repaired and parsed.error is None
 
 
-def test_unescaped_quotes_are_recovered_by_the_keys():
+def test_unescaped_quotes_are_recovered():
     parsed = parse_answer('{"input": "He said "no" twice", "output": "negative"}')
     assert parsed.fields == {"input": 'He said "no" twice', "output": "negative"} and parsed.repaired
 
