@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import logging
 import numbers
 import os
@@ -23,7 +24,8 @@ from ..engines import Engine, OpenAIEngine, ServerError, TransformersEngine
 from ..journal import Journal
 from ..prompts import prompt_completion
 from ..report import FilterReport
-from ..student import DEFAULT_STUDENT, resolve_dtype
+from ..patches import installed_version
+from ..student import DEFAULT_STUDENT, EMBEDDED_PACKAGE, resolve_dtype
 from ..task import Task, TaskSpecError
 from ..errors import ConfigError, SelfGuideError
 
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 _BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
+# DatasetBuilder's own arguments: every other keyword a builder gets is a config knob.
+_BUILDER_ARGS = set(inspect.signature(datasets.DatasetBuilder.__init__).parameters)
 # Knobs that change how fast rows are made, never which rows: kept out of the cache key
 # (and the api key must not end up in a cache folder name).
 _NOT_IN_CACHE_KEY = {"api_key", "concurrency", "timeout", "max_retries"}
@@ -74,6 +78,10 @@ class NoRowsError(SelfGuideError, RuntimeError):
 @dataclass
 class TaskDatasetConfig(datasets.BuilderConfig):
     """Knobs common to every method. `task` is a path (NI V2 task file, YAML, JSON), a dict or a `Task`."""
+
+    # Libraries whose behaviour changes the rows written (sampling, tokenization, the saved files): their versions
+    # key the cache, so an upgrade makes new rows instead of reusing old ones. Not a knob (no annotation).
+    ROW_LIBRARIES = ("datasets", "torch", "transformers", "llama-cpp-python")
 
     task: Any = None
     model: Optional[str] = None
@@ -131,11 +139,14 @@ class TaskDatasetConfig(datasets.BuilderConfig):
     def cache_kwargs(self) -> dict:
         """What the cache key hashes: every knob's value, defaults included, so `seed=0` named or left out
         is one cache; the task by its content, not the path or object that carried it; and the default
-        student by one name however it was given (the recipe, the CLI and a bare load_dataset share it)."""
+        student by one name however it was given (the recipe, the CLI and a bare load_dataset share it); and the
+        versions of the ROW_LIBRARIES installed, and of the embedded student's package when it is the student."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BUILDER_CONFIG_FIELDS | _NOT_IN_CACHE_KEY}
         kwargs["task"] = Task.load(self.task).fingerprint()
         if kwargs["model"] in (None, ""):
             kwargs["model"] = DEFAULT_STUDENT
+        packages = self.ROW_LIBRARIES + ((EMBEDDED_PACKAGE,) if kwargs["model"] == DEFAULT_STUDENT else ())
+        kwargs["versions"] = {p: installed_version(p) for p in packages if installed_version(p)}
         return kwargs
 
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
@@ -176,9 +187,11 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
             return LlamaCppEngine.from_pretrained(cfg.model, seed=cfg.seed, progress=progress)
         return TransformersEngine.from_pretrained(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, progress=progress)
 
-    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
-        self.BUILDER_CONFIG_CLASS.check_knobs(config_kwargs)
-        return super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
+    def __init__(self, cache_dir: Optional[str] = None, **kwargs):
+        # A misspelt knob is named here; datasets would hand it to the config class, a bare TypeError.
+        self.BUILDER_CONFIG_CLASS.check_knobs({k: v for k, v in kwargs.items() if k not in _BUILDER_ARGS})
+        super().__init__(cache_dir=cache_dir, **kwargs)
+        self.cache_root = Path(os.path.expanduser(cache_dir or datasets.config.HF_DATASETS_CACHE))  # as datasets roots its cache
 
     @property
     def task(self) -> Task:
@@ -204,8 +217,8 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     @property
     def work_dir(self) -> Path:
         """Resume state lives beside the cache, keyed like it, and outlives failed attempts."""
-        key = hashlib.sha256(str(self._cache_dir).encode()).hexdigest()[:16]
-        return Path(self._cache_dir_root) / "selfguide_work" / f"{self.dataset_name}-{key}"
+        key = hashlib.sha256(str(self.cache_dir).encode()).hexdigest()[:16]
+        return self.cache_root / "selfguide_work" / f"{self.dataset_name}-{key}"
 
     def _row(self, row: dict) -> dict:
         out = dict(row)

@@ -23,6 +23,8 @@ from ..errors import ConfigError
 
 @dataclass
 class ReBaseConfig(TaskDatasetConfig):
+    ROW_LIBRARIES = (*TaskDatasetConfig.ROW_LIBRARIES, "sentence-transformers")  # it embeds the retrieval queries
+
     datastore: Optional[str] = None
     cot: bool = False
     # Classification: a retrieved row whose dataset answers in the task's labels keeps its own label,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from .errors import SelfGuideError
+from .patches import keep_4bit_trainable, trainable_4bit_layout  # noqa: F401  (the recipe and callbacks import them from here)
 
 
 class MissingBitsandbytesError(SelfGuideError, ImportError):
@@ -54,32 +54,3 @@ def quantization_summary(config) -> dict:
         "library": "bitsandbytes",
     }
 
-
-def _packing_layers(model) -> list:
-    return [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
-
-
-def keep_4bit_trainable(model) -> list:
-    """Stop bitsandbytes from ever repacking this model's 4-bit weights for CPU inference.
-
-    On CPUs with AVX512-BF16, a Linear4bit in eval mode repacks its weight, once and for good, into a
-    layout for an inference kernel (gemv_4bit) that has no backward. A model trained after any
-    evaluation pass (the Trainer's evaluation loss, a generation) would then silently lose the
-    gradient that flows through every frozen 4-bit layer into the LoRA weights below it. Returns the
-    layers it changed.
-    """
-    layers = _packing_layers(model)
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return layers
-
-
-@contextmanager
-def trainable_4bit_layout(model):
-    """`keep_4bit_trainable` for the length of a block: evaluating a model someone else is training."""
-    layers = keep_4bit_trainable(model)
-    try:
-        yield model
-    finally:
-        for layer in layers:
-            layer.support_avx512bf16_for_cpu = True

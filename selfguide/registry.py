@@ -1,8 +1,7 @@
 """Make `load_dataset("selfguide", ...)` and `load_dataset("rebase", ...)` work after `import selfguide`.
 
-datasets 5 has no loading scripts, and its packaged modules (json, csv, ...) insist on data files
-found in the working directory. Our builders read no data files, so their names are answered
-before that lookup: from any working directory, empty or not, and never from the Hub.
+Our builders read no data files, so their names are answered before datasets looks for any: from any
+working directory, empty or not, and never from the Hub (the hook itself is in patches.py).
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ import ast
 import hashlib
 from importlib.util import find_spec, resolve_name
 from pathlib import Path
+
+from .patches import answer_dataset_names
 
 BUILDERS = {
     "selfguide": "selfguide.builders.selfguide",
@@ -59,18 +60,9 @@ def _code_hash(module_name: str) -> str:
     return digest.hexdigest()
 
 
+def _module_for(name: str):
+    return (BUILDERS[name], _code_hash(BUILDERS[name])) if name in BUILDERS else None
+
+
 def register_builders() -> None:
-    from datasets import load
-
-    original = load.dataset_module_factory
-    if getattr(original, "_selfguide", False):
-        return
-
-    def dataset_module_factory(path, *args, **kwargs):
-        if path in BUILDERS:
-            module = BUILDERS[path]
-            return load.DatasetModule(module, _code_hash(module), {"dataset_name": path})
-        return original(path, *args, **kwargs)
-
-    dataset_module_factory._selfguide = True
-    load.dataset_module_factory = dataset_module_factory
+    answer_dataset_names(_module_for)

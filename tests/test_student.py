@@ -5,12 +5,45 @@ import pytest
 import torch
 
 from selfguide import student
+from selfguide.errors import InputNotFoundError
 from selfguide.student import resolve_dtype, resolve_student
 
 
-def test_local_folder_and_hub_id_pass_through(tiny_model_dir):
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hub cache of this test's own; `cache(repo_id)` stores a model's config.json in it, as a download would."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def cache(repo_id: str) -> None:
+        repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+    return cache
+
+
+def test_local_folder_and_cached_hub_id_pass_through(tiny_model_dir, hub_cache):
     assert resolve_student(str(tiny_model_dir)) == str(tiny_model_dir)
+    hub_cache("org/some-model")
     assert resolve_student("org/some-model") == "org/some-model"
+
+
+def test_a_hub_id_that_cannot_be_found_fails_at_once_naming_model(hub_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    # Offline (or with no route to the Hub, as here) from_pretrained retried for about a minute, then raised
+    # an OSError naming no field. Online, the Hub answers that no such repository exists.
+    with pytest.raises(InputNotFoundError, match=r"^model: 'nobody-here/no-such-model-3f9c' is (not in the local Hub cache|no model on the Hub)"):
+        resolve_student("nobody-here/no-such-model-3f9c")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputNotFoundError, match="HF_HUB_OFFLINE is set. Fix: check the name, or pass a local folder"):
+        resolve_student("gemma-3-270m")
+    hub_cache("gemma-3-270m")
+    assert resolve_student("gemma-3-270m") == "gemma-3-270m", "a bare name is a Hub id, found in the cache offline"
 
 
 def test_bad_model_paths_say_what_to_do(tmp_path):
@@ -19,9 +52,8 @@ def test_bad_model_paths_say_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_student(str(tmp_path))
     for missing in (str(tmp_path / "gone"), "./gone", "~/gone", "runs/exp1/final"):
-        with pytest.raises(FileNotFoundError, match="model: folder .*gone|model: folder runs"):
+        with pytest.raises(FileNotFoundError, match=f"model: folder {missing} does not exist"):
             resolve_student(missing)
-    assert resolve_student("gemma-3-270m") == "gemma-3-270m", "a bare name is a Hub id"
 
 
 def test_dtype_resolution():

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.utils import tqdm
 from ..errors import ConfigError
+from ..patches import dataset_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def _fingerprint_source(source: Source, kind: str) -> dict:
         return {**base, "file_sha256": digest.hexdigest()}
     if kind == "dataset":
         data = source.data
-        parts = {k: d._fingerprint for k, d in data.items()} if isinstance(data, datasets.DatasetDict) else data._fingerprint
+        parts = {k: dataset_fingerprint(d) for k, d in data.items()} if isinstance(data, datasets.DatasetDict) else dataset_fingerprint(data)
         return {**base, "dataset": parts}
     return {**base, "hub": str(source.data), "configs": list(source.configs or []), "split": source.split}
 
