@@ -36,6 +36,7 @@ from common import SHARED_DATA, append_record, machine, markdown_table, read_rec
 
 import selfguide  # noqa: F401  (registers the builders)
 from selfguide import Task
+from selfguide.task import task_name
 from selfguide.builders.base import NoRowsError
 from selfguide.evaluation import FEW_SHOT, generate, load_for_evaluation, score_model
 from selfguide.metrics import metric_name, most_frequent_answer, rouge_l, task_score
@@ -344,7 +345,7 @@ def partial_records(args) -> list[dict]:
     """The run's finished records of these tasks and methods, made with these settings; others stay in the file, unused."""
     progress = Path(args.work_dir) / f"{args.name}.partial.jsonl"
     records = read_records(progress)
-    tasks = {path.stem for path in task_files(args)}
+    tasks = {task_name(path) for path in task_files(args)}  # the name Task.load gives each file, as its records carry
     mine = [r for r in records
             if r["task"] in tasks and r["method"] in args.methods and r.get("settings") == result_settings(args, r["task"])]
     if len(mine) < len(records):
@@ -362,7 +363,7 @@ def run_all(args) -> tuple[list[dict], float]:
     finished = {(r["task"], r["method"]) for r in done}
     start, base = time.perf_counter(), None
     for path in task_files(args):
-        if args.queue and not claim(Path(args.queue), path.stem):
+        if args.queue and not claim(Path(args.queue), task_name(path)):
             continue
         task, spec = eval_task(path, args, work)
         for method in args.methods:

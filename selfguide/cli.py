@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .commands import add_datastore_parser, add_demo_parser, add_evaluate_parser
+from .commands import add_datastore_parser, add_demo_parser, add_evaluate_parser, check_output_dir
 from .errors import ConfigError, SelfGuideError
 
 
@@ -27,11 +27,17 @@ _FLAGGED_KNOBS = {"task": "the TASK argument", "num_examples": "--num-examples",
 
 
 def generate(args: argparse.Namespace) -> int:
-    from datasets import load_dataset
+    from datasets import load_dataset_builder
 
     import selfguide  # noqa: F401  (registers the builders)
 
     from .report import filter_report
+    from .student import check_model
+    from .task import Task, save_task
+
+    out = Path(args.output_dir)
+    check_output_dir(out)
+    task = Task.load(args.task)
 
     knobs = dict(args.set)
     clash = sorted(knobs.keys() & _FLAGGED_KNOBS.keys())
@@ -51,9 +57,16 @@ def generate(args: argparse.Namespace) -> int:
         raise ConfigError("--datastore: only used by --method rebase. Fix: add --method rebase or drop it")
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
-    dataset = load_dataset(args.method, **kwargs)
-    out = Path(args.output_dir)
+    if args.model and not args.base_url:  # a server's model is checked by the engine, on its first call
+        check_model(args.model)
+    builder = load_dataset_builder(args.method, **kwargs)
+    try:
+        builder.download_and_prepare()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished batches are kept in {builder.work_dir}; the same command continues from them") from None
+    dataset = builder.as_dataset()
     dataset.save_to_disk(str(out / "dataset"))
+    save_task(task, out)  # beside the dataset: what it was made for
     for split, ds in dataset.items():
         ds.to_json(str(out / f"{split}.jsonl"), lines=True, force_ascii=False)
     report = filter_report(dataset)
@@ -87,12 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Every command; selfguide's own errors (bad input, each naming its field and fix) end as one `error:`
+    line and exit 2, Ctrl-C as one `interrupted` line saying what is kept and exit 130."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SelfGuideError, ValueError, FileNotFoundError) as e:
+    except SelfGuideError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

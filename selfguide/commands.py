@@ -8,7 +8,8 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from .student import DTYPES
+from .errors import ConfigError
+from .student import DTYPES, check_model
 
 DEMO_TASK = "demo_support_tickets.yaml"
 
@@ -48,6 +49,13 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_output_dir(folder: Path, flag: str = "--output-dir") -> None:
+    """Fail before any work when `folder` cannot be made a folder: it, or the nearest path above it that exists, is a file."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag}: {existing} is a file, not a folder. Fix: pass a folder (it is made if missing), or move the file")
+
+
 def _report_input_error(error: Exception) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
@@ -57,17 +65,16 @@ def run_evaluate(args) -> int:
     import json
 
     from .evaluation import adapter_trained_in_4bit, evaluate_task, format_table
-    from .quantization import MissingBitsandbytesError
     from .task import Task
 
-    try:
-        task = Task.load(args.task)
-        scores = evaluate_task(
-            task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
-            dtype=args.dtype, adapter_prompt=args.adapter_prompt,
-        )
-    except (ValueError, MissingBitsandbytesError, FileNotFoundError) as e:  # task spec, missing gold rows, paths
-        return _report_input_error(e)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: gold rows answered at once, must be 1 or more, got {args.batch_size}. Fix: pass e.g. --batch-size 16")
+    task = Task.load(args.task)
+    check_model(args.adapter, "--adapter", "adapter_config.json")
+    scores = evaluate_task(
+        task, args.model, args.adapter, load_in_4bit=args.load_in_4bit, limit=args.limit, batch_size=args.batch_size,
+        dtype=args.dtype, adapter_prompt=args.adapter_prompt,
+    )
     print(format_table(scores, task.labels))
     if args.load_in_4bit is None and args.adapter and adapter_trained_in_4bit(args.adapter):
         print("The base was loaded in 4-bit nf4, as the adapter's model card says QLoRA trained it "
@@ -102,16 +109,17 @@ def add_datastore_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_datastore(args) -> int:
-    from .rebase import DatastoreError, build_datastore
+    from .rebase import build_datastore
 
+    check_output_dir(Path(args.output_dir))
     kwargs = {"index_factory": args.index_factory} if args.index_factory else {}
     try:
         store = build_datastore(
             args.sources, args.output_dir, max_rows_per_config=args.max_rows_per_config or None,
             embedder=args.embedder, overwrite=args.overwrite, **kwargs,
         )
-    except DatastoreError as e:
-        return _report_input_error(e)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the rows read and embedded so far are kept in {args.output_dir}; the same command continues from them") from None
     print(f"\n{store!r}")
     for skip in store.meta["skipped"]:
         print(f"skipped {' '.join(filter(None, (skip['source'], skip['config'])))}: {skip['reason']}")

@@ -186,6 +186,11 @@ class Task:
     def from_file(cls, path: Union[str, os.PathLike]) -> "Task":
         path = Path(path)
         src = str(path)
+        if path.is_dir():
+            saved = path / TASK_FILE
+            fix = (f"pass {saved}, the task spec `selfguide generate` saved there" if saved.is_file()
+                   else "pass the task file inside it: a NI V2 task file or a YAML/JSON spec")
+            raise TaskSpecError("task", f"{src} is a folder, not a task file", fix)
         if not path.is_file():
             raise TaskSpecError("task", f"file {src} does not exist", "pass the path of a NI V2 task file or a YAML/JSON spec")
         try:
@@ -203,7 +208,7 @@ class Task:
             raise TaskSpecError("task", f"file cannot be parsed ({e})", "fix the YAML/JSON syntax", src) from None
         if not isinstance(data, dict):
             raise TaskSpecError("task", "file does not hold a mapping", "write a mapping with 'instruction' and 'examples'", src)
-        name = path.name.split(".")[0]
+        name = task_name(path)
         if "Definition" in data or "Positive Examples" in data:
             return cls.from_natural_instructions(data, name=name, source=src)
         return cls.from_dict(data, name=name, source=src)
@@ -248,6 +253,28 @@ class Task:
         task_type = infer_type(examples, gold, None)
         labels = _label_set(examples, gold) if task_type == "classification" else None
         return cls(name=name, instruction=instruction or "", examples=examples, type=task_type, labels=labels, gold=gold, source=source)
+
+    @classmethod
+    def from_saved(cls, folder: Union[str, os.PathLike]) -> Optional["Task"]:
+        """The task `save_task` saved in `folder` (as `selfguide generate` does beside its dataset), or None."""
+        path = Path(folder) / TASK_FILE
+        return cls.from_file(path) if path.is_file() else None
+
+
+TASK_FILE = "task.json"
+
+
+def task_name(path: Union[str, os.PathLike]) -> str:
+    """A task file's task name: its whole stem, dots and all (`task1529_scitail1.1_classification`, `my.task`)."""
+    return Path(path).stem
+
+
+def save_task(task: Task, folder: Union[str, os.PathLike]) -> Path:
+    """Write the task's spec as `task.json` in `folder` (a dataset made for it, say); `Task.from_saved` reads it back."""
+    path = Path(folder) / TASK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(task.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 @functools.lru_cache(maxsize=1)

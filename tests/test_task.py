@@ -164,3 +164,72 @@ def test_a_label_no_answer_can_match_is_refused(sentiment_task_dict):
 def test_a_label_that_is_not_a_string_is_named():
     with pytest.raises(TaskSpecError, match="'labels': label 0 is not a string. Fix: write it as text, e.g. '0'"):
         Task(name="t", instruction="Label it.", type="classification", labels=[0, 1], examples=[Example("a", "0"), Example("b", "1")])
+
+
+# -- names, folders, and a task saved beside its dataset --------------------------------------------
+
+
+def _ni_file(path, **extra):
+    ni = {
+        "Definition": ["Does the premise entail the hypothesis?"],
+        "Positive Examples": [{"input": "A dog runs. / An animal moves.", "output": "entails"}],
+        "Instances": [{"id": str(i), "input": f"p{i} / h{i}", "output": ["entails" if i % 2 else "neutral"]} for i in range(20)],
+        **extra,
+    }
+    path.write_text(json.dumps(ni))
+    return path
+
+
+def test_a_task_file_whose_name_holds_dots_is_named_by_its_whole_stem(tmp_path, sentiment_task_dict):
+    import yaml
+
+    ni = _ni_file(tmp_path / "task1529_scitail1.1_classification.json")
+    assert Task.load(ni).name == "task1529_scitail1.1_classification"
+    spec = {k: v for k, v in sentiment_task_dict.items() if k != "name"}
+    (tmp_path / "my.task.yaml").write_text(yaml.safe_dump(spec))
+    assert Task.load(tmp_path / "my.task.yaml").name == "my.task"
+
+
+def test_ni_v2_keeps_the_finished_records_of_a_task_with_a_dotted_name(tmp_path, monkeypatch):
+    # A resumed or --report-only run matches the records it finished by task name; a name cut at its first
+    # dot matched no file, and the task's records were dropped.
+    import importlib
+
+    from tests.sft_helpers import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ni_v2 = importlib.import_module("ni_v2")
+    (tmp_path / "tasks").mkdir()
+    path = _ni_file(tmp_path / "tasks" / "task9901_scitail1.1_classification.json")
+    args = ni_v2.parse_args(["--tasks-dir", str(tmp_path / "tasks"), "--work-dir", str(tmp_path / "work"), "--methods", "baseline"])
+    task, spec = ni_v2.eval_task(path, args, tmp_path / "work")
+    assert Task.load(spec).name == task.name == "task9901_scitail1.1_classification"
+    record = {"task": task.name, "method": "baseline", "score": 50.0, "settings": ni_v2.result_settings(args, task.name)}
+    ni_v2.append_record(tmp_path / "work" / f"{args.name}.partial.jsonl", record)
+    assert ni_v2.partial_records(args) == [record]
+
+
+def test_a_folder_given_as_the_task_says_so_and_what_to_pass(tmp_path, sentiment_task_dict):
+    from selfguide.task import save_task
+
+    with pytest.raises(TaskSpecError, match=f"{tmp_path} is a folder, not a task file. Fix: pass the task file inside it"):
+        Task.load(tmp_path)
+    saved = save_task(Task.load(sentiment_task_dict), tmp_path)
+    with pytest.raises(TaskSpecError, match=f"Fix: pass {saved}, the task spec `selfguide generate` saved there"):
+        Task.load(tmp_path)
+
+
+def test_a_saved_task_reads_back_with_every_field(tmp_path, sentiment_task_dict):
+    from dataclasses import fields
+
+    from selfguide.task import save_task
+
+    assert Task.from_saved(tmp_path) is None
+    task = Task.load(dict(letter_labelled(sentiment_task_dict), name="my.task"))
+    save_task(task, tmp_path / "data")
+    again = Task.from_saved(tmp_path / "data")
+    assert [f.name for f in fields(Task)] == ["name", "instruction", "examples", "type", "labels", "gold", "source", "label_aliases"]
+    for f in fields(Task):
+        if f.name != "source":  # where it was read from: the saved file
+            assert getattr(again, f.name) == getattr(task, f.name), f.name
+    assert again.source == str(tmp_path / "data" / "task.json") and again.fingerprint() == task.fingerprint()

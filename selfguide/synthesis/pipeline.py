@@ -163,21 +163,23 @@ class SelfGuidePipeline:
         cfg = self.cfg
         rows: list[dict] = []
         bar = tqdm(total=cfg.num_examples, desc="SELF-GUIDE rows", unit="row", disable=not self.progress)
-        for r in range(cfg.max_rounds):
-            need = cfg.num_examples - len(rows)
-            if need <= 0:
-                break
-            n_prompts = math.ceil(need * cfg.oversample / cfg.inputs_per_prompt)
-            batches = math.ceil(n_prompts / cfg.prompts_per_batch)
-            for b in tqdm(range(batches), desc=f"round {r + 1}/{cfg.max_rounds}", leave=False, disable=not self.progress):
-                if len(rows) >= cfg.num_examples:
+        try:  # closed on Ctrl-C too, so no stale bar prints after the command's last line
+            for r in range(cfg.max_rounds):
+                need = cfg.num_examples - len(rows)
+                if need <= 0:
                     break
-                size = min(cfg.prompts_per_batch, n_prompts - b * cfg.prompts_per_batch)
-                rng = random.Random(_seed(cfg.seed, r, b, "prompts"))
-                new = self._batch(f"r{r}/b{b}", rng, size, rows, r)
-                rows.extend(new)
-                bar.update(min(len(new), max(0, cfg.num_examples - bar.n)))
-        bar.close()
+                n_prompts = math.ceil(need * cfg.oversample / cfg.inputs_per_prompt)
+                batches = math.ceil(n_prompts / cfg.prompts_per_batch)
+                for b in tqdm(range(batches), desc=f"round {r + 1}/{cfg.max_rounds}", leave=False, disable=not self.progress):
+                    if len(rows) >= cfg.num_examples:
+                        break
+                    size = min(cfg.prompts_per_batch, n_prompts - b * cfg.prompts_per_batch)
+                    rng = random.Random(_seed(cfg.seed, r, b, "prompts"))
+                    new = self._batch(f"r{r}/b{b}", rng, size, rows, r)
+                    rows.extend(new)
+                    bar.update(min(len(new), max(0, cfg.num_examples - bar.n)))
+        finally:
+            bar.close()
         if self.labels and cfg.balance == "rank" and rows:
             ranked = assign_by_rank(rows, self.labels, cfg.num_examples)
             self.report.add("rank_balance", len(rows), len(ranked), {"class_balance": len(rows) - len(ranked)})
