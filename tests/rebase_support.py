@@ -14,12 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import datasets
-import httpx
 import pyarrow as pa
 import pytest
 import pyarrow.parquet as pq
@@ -88,6 +88,7 @@ class ScriptedServer:
     def __init__(self, respond: Callable[[str, dict], Reply], model: str = "scripted-teacher", choices_per_request: int = 1):
         self.respond, self.model, self.choices_per_request = respond, model, choices_per_request
         self.requests: list[dict] = []
+        self.headers: list[dict] = []  # each request's HTTP headers, names in lower case
         self._lock = threading.Lock()
         server = self
 
@@ -115,6 +116,7 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests.append(body)
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if self.path != "/v1/completions":
                     self._send(404, {"error": "not found"})
                     return
@@ -157,14 +159,19 @@ def copying_teacher(prompt: str, body: dict) -> str:
 
 
 @contextlib.contextmanager
-def real_llama_server(log_dir: Path, ready_within: float = 120):
-    """A llama-cpp-python server with the embedded student's GGUF on a free loopback port, stopped on exit."""
+def real_llama_server(log_dir: Path, ready_within: float = 120, logits_all: Optional[bool] = None):
+    """A llama-cpp-python server with the embedded student's GGUF on a free loopback port, stopped on exit.
+
+    `logits_all` sets `--logits_all`, which echo with logprobs (scoring) needs; None leaves the server's
+    default (true in llama-cpp-python 0.3.x's server, though `Llama()` itself defaults to false)."""
     pytest.importorskip("llama_cpp.server", reason="needs the 'server' extra: pip install 'llama-cpp-python[server]'")
     from selfguide.student import _embedded_gguf
 
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_embedded_gguf()), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "2048", "--n_threads", str(min(4, os.cpu_count() or 1))]
+    if logits_all is not None:
+        command += ["--logits_all", str(logits_all).lower()]
     # llama.cpp logs a lot: into a file, since an unread pipe fills up and stalls the server.
     log = log_dir / "llama-server.log"
     with log.open("wb") as sink:
@@ -176,9 +183,10 @@ def real_llama_server(log_dir: Path, ready_within: float = 120):
             if proc.poll() is not None:
                 pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
             try:
-                if httpx.get(base_url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
+                with urllib.request.urlopen(base_url + "/v1/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # refused or not answering yet (URLError is an OSError)
                 pass
             assert time.monotonic() < deadline, f"llama_cpp.server did not come up within {ready_within} s"
             time.sleep(0.5)
