@@ -76,6 +76,12 @@ def parse_args(argv=None):
     p.add_argument("--in-context-rows", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--synthesis-kwargs", default="{}", help="JSON of extra SELF-GUIDE knobs")
+    p.add_argument("--model", default=None,
+                   help="the student (Hub id, folder or .gguf; default the embedded one): prompted, finetuned and scored here")
+    p.add_argument("--base-url", default=None,
+                   help="OpenAI-compatible server serving the same student: every synthesis call (SELF-GUIDE's and ReBase's "
+                        "rewrites) goes there; training and scoring stay in this process")
+    p.add_argument("--served-model", default=None, help="with --base-url: the served model's name (default: the first it lists)")
     p.add_argument("--datastore-rows", type=int, default=300, help="pool rows kept per source dataset")
     p.add_argument("--label-aliases", default=json.dumps(NI_LABEL_ALIASES),
                    help="JSON {task name: {label: [aliases]}} written into those tasks' specs; '{}' for none")
@@ -175,7 +181,7 @@ def training_argv(spec: Path, out: Path, args) -> list[str]:
 def finetune(spec: Path, method: str, args, work: Path, extra: dict) -> tuple[float, list[str]]:
     from selfguide.recipes.sft import run
 
-    argv = training_argv(spec, work / method / spec.stem, args) + [
+    argv = training_argv(spec, work / method / spec.stem, args) + (["--model_name_or_path", args.model] if args.model else []) + [
         "--synthesis_method", "selfguide" if method == "self_guide" else "rebase",
         "--num_examples", str(args.num_examples), "--synthesis_seed", str(args.seed),
         "--synthesis_kwargs", json.dumps(extra),
@@ -188,7 +194,7 @@ def in_context(task: Task, spec: Path, args, model, tokenizer) -> tuple[float, l
     from datasets import load_dataset
 
     # The same arguments as the recipe's synthesis call, so this is a cache hit on the self_guide data.
-    knobs = {"num_examples": args.num_examples, "seed": args.seed, **json.loads(args.synthesis_kwargs)}
+    knobs = {"num_examples": args.num_examples, "seed": args.seed, **synthesis_knobs(args)}
     synthetic = load_dataset("selfguide", task=str(spec), **knobs)["train"]
     rng = random.Random(args.seed)
     picked = rng.sample(range(len(synthetic)), min(args.in_context_rows, len(synthetic)))
@@ -201,6 +207,16 @@ def in_context(task: Task, spec: Path, args, model, tokenizer) -> tuple[float, l
     budget = 16 if task.is_classification else 96
     predictions = generate(model, tokenizer, prompts, budget)
     return task_score(task.type, predictions, [g.output for g in task.gold], task.labels), predictions
+
+
+def synthesis_knobs(args) -> dict:
+    """--synthesis-kwargs, plus the server that runs the student's synthesis calls with --base-url."""
+    knobs = json.loads(args.synthesis_kwargs)
+    if args.base_url:
+        knobs["base_url"] = args.base_url
+        if args.served_model:
+            knobs["model"] = args.served_model
+    return knobs
 
 
 def datastore_path(args, work: Path) -> str:
@@ -220,8 +236,9 @@ def run_method(method, task, spec, args, work, base) -> tuple[float, list[str]]:
     if method == "in_context":
         return in_context(task, spec, args, *base)
     if method == "self_guide":
-        return finetune(spec, method, args, work, json.loads(args.synthesis_kwargs))
-    return finetune(spec, method, args, work, {"datastore": datastore_path(args, work), "exclude_datasets": list(CONTAMINATED)})
+        return finetune(spec, method, args, work, synthesis_knobs(args))
+    served = {k: v for k, v in synthesis_knobs(args).items() if k in ("base_url", "model")}
+    return finetune(spec, method, args, work, {"datastore": datastore_path(args, work), "exclude_datasets": list(CONTAMINATED), **served})
 
 
 def summarize(results: list[dict], args, wall_s: float, ran_on: dict) -> None:
@@ -338,7 +355,10 @@ def task_aliases(args, task_name: str) -> dict:
 def result_settings(args, task_name: str) -> dict:
     """A task's aliases count only for its own records: adding them for one task reruns that task alone."""
     aliases = task_aliases(args, task_name)
-    return {k: getattr(args, k) for k in RESULT_SETTINGS} | ({"label_aliases": aliases} if aliases else {})
+    # The student and its server count only when given, so the records of earlier runs (the embedded student,
+    # in process) still match their settings.
+    student = {k: getattr(args, k) for k in ("model", "base_url", "served_model") if getattr(args, k)}
+    return {k: getattr(args, k) for k in RESULT_SETTINGS} | student | ({"label_aliases": aliases} if aliases else {})
 
 
 def partial_records(args) -> list[dict]:
@@ -370,7 +390,7 @@ def run_all(args) -> tuple[list[dict], float]:
             if (task.name, method) in finished:
                 continue
             if method in ("baseline", "in_context") and base is None:
-                base = load_for_evaluation(None)
+                base = load_for_evaluation(args.model)
             t0 = time.perf_counter()
             try:
                 (score, predictions), failure = run_method(method, task, spec, args, work, base), None
@@ -382,6 +402,8 @@ def run_all(args) -> tuple[list[dict], float]:
                       "settings": result_settings(args, task.name)}
             if predictions and task.is_classification:
                 record["answer_share"] = most_frequent_answer(predictions, task.labels)[1]
+            if predictions:
+                record["predictions"] = predictions  # in the scored rows' order, so a metric change can re-score them
             if failure:
                 record["no_rows"] = failure
             print(json.dumps(record), flush=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..engines import Engine, OpenAIEngine, ServerError, TransformersEngine
 from ..journal import Journal
+from ..prompt_format import PROMPT_FORMATS, resolve_prompt_format
 from ..prompts import prompt_completion
 from ..report import FilterReport
 from ..patches import installed_version
@@ -39,7 +40,6 @@ _BUILDER_ARGS = set(inspect.signature(datasets.DatasetBuilder.__init__).paramete
 # (and the api key must not end up in a cache folder name).
 _NOT_IN_CACHE_KEY = {"api_key", "concurrency", "timeout", "max_retries"}
 ENGINES = ("transformers", "llama.cpp")
-PROMPT_FORMATS = ("auto", "chat", "document")
 
 
 def _typed(knob, value):
@@ -194,18 +194,24 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
         self.cache_root = Path(os.path.expanduser(cache_dir or datasets.config.HF_DATASETS_CACHE))  # as datasets roots its cache
 
     @property
+    def chat(self) -> bool:
+        """Whether prompts and training rows use the student's chat template (`prompt_format`)."""
+        if not hasattr(self, "_chat"):
+            cfg = self.config
+            self._chat = resolve_prompt_format(cfg.prompt_format, cfg.model, cfg.base_url, cfg.tokenizer) == "chat"
+        return self._chat
+
+    @property
     def task(self) -> Task:
         if not hasattr(self, "_task"):
             self._task = Task.load(self.config.task)
         return self._task
 
     def _info(self) -> datasets.DatasetInfo:
-        features = {
-            "input": datasets.Value("string"),
-            "output": datasets.Value("string"),
-            "prompt": datasets.Value("string"),
-            "completion": datasets.Value("string"),
-        }
+        # Document rows here: a cached dataset's own info replaces this one, and a build that finds the student to be
+        # a chat model switches prompt and completion to turns (_split_generators) once the student is at hand.
+        text = datasets.Value("string")
+        features = {"input": text, "output": text, "prompt": text, "completion": text}
         if self.task.is_classification:
             features["label"] = datasets.ClassLabel(names=self.task.labels)
         features.update(self.provenance_features())
@@ -222,7 +228,7 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
 
     def _row(self, row: dict) -> dict:
         out = dict(row)
-        out.update(prompt_completion(self.task, row["input"], row.get("completion_text", row["output"])))
+        out.update(prompt_completion(self.task, row["input"], row.get("completion_text", row["output"]), chat=self.chat))
         out.pop("completion_text", None)
         if self.task.is_classification:
             out["label"] = self.task.labels.index(row["output"])
@@ -231,6 +237,10 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         task = self.task
         report = FilterReport()
+        if self.chat:  # TRL's conversational prompt-completion rows: lists of {role, content} turns
+            text = datasets.Value("string")
+            turns = [{"role": text, "content": text}]
+            self.info.features = datasets.Features({**self.info.features, "prompt": turns, "completion": turns})
         try:
             rows = self.synthesize(task, Journal(self.work_dir / "journal.jsonl"), report)
         except ServerError as e:

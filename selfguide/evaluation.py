@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from .engines import SamplingParams, TransformersEngine
 from .metrics import metric_name, most_frequent_answer, task_score
-from .prompts import OUTPUT_STOP, fewshot_prompt, format_completion, training_prompt
+from .prompts import DOCUMENT, OUTPUT_STOP, PromptStyle, fewshot_prompt, format_completion, tokenizer_style, training_prompt
 from .task import Example, Task
 from .errors import ConfigError, InputNotFoundError
 
@@ -49,12 +49,12 @@ def gold_rows(task: Task, limit: Optional[int] = None) -> list[Example]:
     return list(task.gold if limit is None else task.gold[:limit])
 
 
-def build_prompts(task: Task, inputs: Sequence[str], prompt: str, seed: int = 0) -> list[str]:
+def build_prompts(task: Task, inputs: Sequence[str], prompt: str, seed: int = 0, style: PromptStyle = DOCUMENT) -> list[str]:
     if prompt == ZERO_SHOT:
-        return [training_prompt(task, x) for x in inputs]
+        return [style.wrap(training_prompt(task, x)) for x in inputs]
     if prompt == FEW_SHOT:
         rng = random.Random(seed)
-        return [fewshot_prompt(task, x, rng) for x in inputs]
+        return [style.wrap(fewshot_prompt(task, x, rng)) for x in inputs]
     raise ConfigError(f"prompt: {prompt!r} is not one of {(FEW_SHOT, ZERO_SHOT)}")
 
 
@@ -134,12 +134,15 @@ def score_model(
     batch_size: int = 16,
     max_new_tokens: Optional[int] = None,
     seed: int = 0,
+    chat: bool = False,
 ) -> TaskScore:
+    """The task metric of greedy answers on `rows` (the gold rows by default); `chat` puts each prompt in the
+    tokenizer's chat template, as the model was trained on conversational rows."""
     rows = list(rows) if rows is not None else gold_rows(task)
     references = [r.answers for r in rows]
     tokenizer = _text_tokenizer(tokenizer)
     budget = max_new_tokens or default_max_new_tokens(task, tokenizer, [a for answers in references for a in answers])
-    prompts = build_prompts(task, [r.input for r in rows], prompt, seed=seed)
+    prompts = build_prompts(task, [r.input for r in rows], prompt, seed=seed, style=tokenizer_style(tokenizer) if chat else DOCUMENT)
     bar = f"scoring {model_label}, {prompt} prompt" if _is_main_process() else None
     predictions = _across_processes(lambda ps: generate(model, tokenizer, ps, budget, batch_size, bar), prompts)
     value = task_score(task.type, predictions, references, task.labels)
