@@ -60,7 +60,12 @@ def worker(variant: str, recipe_argv: list[str], out: Path) -> None:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from selfguide.recipes.sft import build, load_data, load_model, parse_args, training_splits
+    from trl import get_peft_config
+
+    from selfguide.builders.data import load_training_data, training_splits, with_training_prompts
+    from selfguide.modeling import load_model
+    from selfguide.recipes.arguments import fill_defaults, parse_args
+    from selfguide.recipes.sft import build
     from selfguide.student import resolve_student
     from selfguide.task import Task
 
@@ -108,11 +113,13 @@ def worker(variant: str, recipe_argv: list[str], out: Path) -> None:
     else:
         student = resolve_student(model_args.model_name_or_path)
         task = Task.load(data_args.task)
-        dataset, _, _ = load_data(data_args, task, student, model_args.model_name_or_path)
-        train, test = training_splits(dataset, data_args, task)
-        model, tokenizer, peft_config, _ = load_model(model_args, student, training_args)
+        dataset, _, _ = load_training_data(data_args, task, student, model_args.model_name_or_path)
+        train, test = (with_training_prompts(split, task, data_args.train_prompt, training_args.seed)
+                       for split in training_splits(dataset, data_args, task))
+        fill_defaults(training_args, model_args, train.num_rows)
+        model, tokenizer, _ = load_model(model_args, student, training_args)
         trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
-                             processing_class=tokenizer, peft_config=peft_config)
+                             processing_class=tokenizer, peft_config=get_peft_config(model_args))
 
     clock, shared = StepClock(), {}
     handler = trainer.callback_handler

@@ -18,6 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..diagnosis import finetuning_warnings
 from ..evaluation import FEW_SHOT, ZERO_SHOT, TaskScore, format_table
 from ..metrics import metric_name
 from ..report import FilterReport
@@ -235,6 +236,7 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         data=info.data,
         scores=list(scores),
         score_table=format_table(scores, task.labels),
+        warnings=finetuning_warnings(scores, task),
         metric_label=_METRIC_TYPES[metric_name(task.type)][1],
         report_table=report_table(info.data.report),
         base_model_line=base_line,

@@ -11,6 +11,7 @@ import yaml
 
 from .commands import add_datastore_parser, add_demo_parser, add_evaluate_parser, check_output_dir
 from .errors import ConfigError, SelfGuideError
+from .recipes.sft import make_parser as add_sft_parser
 
 
 def _knob(text: str) -> tuple[str, object]:
@@ -96,13 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_datastore_parser(sub)
     add_demo_parser(sub)
+    add_sft_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     """Every command; selfguide's own errors (bad input, each naming its field and fix) end as one `error:`
     line and exit 2, Ctrl-C as one `interrupted` line saying what is kept and exit 130."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "sft":  # the recipe's own parser reads its arguments
+        args.recipe_argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except SelfGuideError as e:

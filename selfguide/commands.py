@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -54,11 +53,6 @@ def check_output_dir(folder: Path, flag: str = "--output-dir") -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{flag}: {existing} is a file, not a folder. Fix: pass a folder (it is made if missing), or move the file")
-
-
-def _report_input_error(error: Exception) -> int:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
 
 
 def run_evaluate(args) -> int:
@@ -157,13 +151,10 @@ def demo_argv(args) -> list[str]:
 
 
 def run_demo(args) -> int:
-    from .recipes.sft import INPUT_ERRORS, main, parse_args
+    from .recipes.sft import run
 
     start = time.perf_counter()
-    try:
-        result = main(*parse_args(demo_argv(args)))
-    except INPUT_ERRORS as e:
-        return _report_input_error(e)
+    result = run(demo_argv(args))  # bad input raises a SelfGuideError: cli.main prints its one line
     minutes = (time.perf_counter() - start) / 60
     print(f"\nadapter and model card: {result.output_dir}/ (README.md)")
     print(f"synthetic dataset and its card: {result.output_dir / 'dataset'}/")

@@ -124,9 +124,11 @@ def save_dataset_for_hub(
     """Write a DatasetDict as the Hub lays datasets out: `data/<split>-00000-of-00001.parquet` plus README.md.
 
     The `test` split, the task's gold rows, is left out unless `gold_rows`: like the evaluation's answers
-    (TRAINING_LEFTOVERS), a test set once published leaks into the next crawl.
+    (TRAINING_LEFTOVERS), a test set once published leaks into the next crawl. The task's spec goes with
+    the rows (`task.json`, without its gold rows unless `gold_rows`), so the dataset knows what it was made for.
     """
     from .hub_cards import render_dataset_card, validate_dataset_card
+    from .task import save_task
 
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,7 @@ def save_dataset_for_hub(
     card = render_dataset_card(task, summary, first.column_names, list(splits), license=license)
     card.save(folder / "README.md")
     validate_dataset_card(card, folder)
+    save_task(task if gold_rows else replace(task, gold=[]), folder)
     return folder
 
 

@@ -20,7 +20,7 @@ def require_bitsandbytes() -> None:
     except Exception as e:  # a broken install raises more than ImportError (missing native library, ...)
         raise MissingBitsandbytesError(
             f"4-bit QLoRA needs bitsandbytes, which cannot be imported ({type(e).__name__}: {e}). "
-            "Fix: `pip install bitsandbytes`, or train without quantisation with `--finetuning lora` or `--finetuning full`"
+            "Fix: `pip install bitsandbytes`, or train without quantisation: the recipe's `--load_in_4bit false`"
         ) from None
 
 

@@ -101,8 +101,9 @@ def test_dataset_push_with_its_card(hub, tmp_path, sentiment_task_dict):
     assert result.repo_id == "tester/sentiment-data" and "/datasets/" in result.commit_url
     assert hub.visibility[("dataset", "tester/sentiment-data")] == "private"
     pushed = hub.repos[("dataset", "tester/sentiment-data")]
-    # The gold rows stay local unless asked for, and the card does not promise them.
-    assert sorted(pushed) == ["README.md", "data/train-00000-of-00001.parquet"]
+    # The gold rows stay local unless asked for, in the rows and in the task spec beside them, and the card does not promise them.
+    assert sorted(pushed) == ["README.md", "data/train-00000-of-00001.parquet", "task.json"]
+    assert json.loads(pushed["task.json"])["test"] == []
     assert all(pushed[name] == (folder / name).read_bytes() for name in pushed)
     assert "gold rows" not in pushed["README.md"].decode()
     with_gold = save_dataset_for_hub(dataset, tmp_path / "with_gold", task, summary, gold_rows=True)
