@@ -159,15 +159,16 @@ def copying_teacher(prompt: str, body: dict) -> str:
 
 
 @contextlib.contextmanager
-def real_llama_server(log_dir: Path, ready_within: float = 120, logits_all: Optional[bool] = None):
+def real_llama_server(log_dir: Path, ready_within: float = 120, logits_all: Optional[bool] = None, port: Optional[int] = None):
     """A llama-cpp-python server with the embedded student's GGUF on a free loopback port, stopped on exit.
 
     `logits_all` sets `--logits_all`, which echo with logprobs (scoring) needs; None leaves the server's
-    default (true in llama-cpp-python 0.3.x's server, though `Llama()` itself defaults to false)."""
+    default (true in llama-cpp-python 0.3.x's server, though `Llama()` itself defaults to false). `port`: a given
+    one, so a server started again answers at the same base_url."""
     pytest.importorskip("llama_cpp.server", reason="needs the 'server' extra: pip install 'llama-cpp-python[server]'")
     from selfguide.student import _embedded_gguf
 
-    port = free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_embedded_gguf()), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "2048", "--n_threads", str(min(4, os.cpu_count() or 1))]
     if logits_all is not None:
