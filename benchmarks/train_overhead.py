@@ -114,8 +114,7 @@ def worker(variant: str, recipe_argv: list[str], out: Path) -> None:
         student = resolve_student(model_args.model_name_or_path)
         task = Task.load(data_args.task)
         dataset, _, _ = load_training_data(data_args, task, student, model_args.model_name_or_path)
-        train, test = (with_training_prompts(split, task, data_args.train_prompt, training_args.seed)
-                       for split in training_splits(dataset, data_args, task))
+        train, test = with_training_prompts(*training_splits(dataset, data_args, task), task, data_args.train_prompt, training_args.seed)
         fill_defaults(training_args, model_args, train.num_rows)
         model, tokenizer, _ = load_model(model_args, student, training_args)
         trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,

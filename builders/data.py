@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from ..evaluation import FEW_SHOT, ZERO_SHOT
-from ..prompts import format_completion, row_fewshot_prompt, training_prompt
+from ..prompts import prompt_completion, row_fewshot_prompt, training_prompt, user_turn
 from ..task import Task
 from .rebase import ReBaseConfig
 from .selfguide import SelfGuideConfig
@@ -141,23 +141,38 @@ def training_splits(dataset, script_args, task: Task):
     return train, test if test is not None and test.num_rows else None
 
 
-def with_training_prompts(split, task: Task, prompt: str, seed: int):
-    """The split as TRL prompt-completion rows, built from each row's `input` and `output`: the zero-shot prompt
-    (instruction, then the input), or the few-shot one (every demonstration first, in an order seeded by the
-    row's index). The finetuned model is scored with the same prompt. A split without input/output columns
-    (prompt-completion, messages or text rows made elsewhere) is trained on as it is, zero-shot only."""
-    if not {"input", "output"} <= set(split.column_names):
-        if prompt == FEW_SHOT:
+def with_training_prompts(train, test, task: Task, prompt: str, seed: int):
+    """Both splits (`test` may be None) as TRL prompt-completion rows with the training prompt `prompt`: the one
+    place a training prompt is built. Zero-shot is the instruction, then the input; few-shot puts every
+    demonstration first, in an order seeded by the row's index. The finetuned model is scored with the same one.
+
+    Rows the builders wrote keep their completion (a ReBase row's reasoning, say) and, zero-shot, their prompt;
+    rows with only an input and an output (the task's gold rows as the evaluation split) get both, in the form of
+    the training rows: conversational turns where the builder wrote those for a chat student, text otherwise.
+    Rows in TRL's other formats (messages, text) are trained on as they are, zero-shot only."""
+    from trl.data_utils import is_conversational
+
+    if prompt not in (ZERO_SHOT, FEW_SHOT):
+        raise ConfigError(f"train_prompt: {prompt!r} is not one of {(ZERO_SHOT, FEW_SHOT)}")
+    chat = is_conversational(train[0])
+
+    def rows(split):
+        columns = set(split.column_names)
+        if prompt == ZERO_SHOT and ("prompt" in columns or not {"input", "output"} <= columns):
+            return split
+        if "input" not in columns:
             raise ConfigError(
                 f"train_prompt=few-shot rebuilds each prompt from the row's 'input', and the dataset has only "
                 f"{split.column_names}. Fix: build it with load_dataset('selfguide', ...), or use train_prompt zero-shot"
             )
-        return split
 
-    def row(example, i):
-        text = row_fewshot_prompt(task, example["input"], seed, i) if prompt == FEW_SHOT else training_prompt(task, example["input"])
-        return {"prompt": text, "completion": format_completion(example["output"])}
+        def row(example, i):
+            text = row_fewshot_prompt(task, example["input"], seed, i) if prompt == FEW_SHOT else training_prompt(task, example["input"])
+            built = {"prompt": user_turn(text) if chat else text}
+            if "completion" not in columns:
+                built["completion"] = prompt_completion(task, example["input"], example["output"], chat=chat)["completion"]
+            return built
 
-    if prompt not in (ZERO_SHOT, FEW_SHOT):
-        raise ConfigError(f"train_prompt: {prompt!r} is not one of {(ZERO_SHOT, FEW_SHOT)}")
-    return split.map(row, with_indices=True, desc=f"{prompt} prompts")
+        return split.map(row, with_indices=True, desc=f"{prompt} prompts")
+
+    return rows(train), rows(test) if test is not None else None

@@ -79,9 +79,9 @@ def build(script_args, training_args, model_args) -> Run:
         )
     train, test = training_splits(dataset, script_args, task)
     data_summary = DataSummary.from_dataset(dataset, source, train, test, settings)
-    train = with_training_prompts(train, task, script_args.train_prompt, training_args.seed)
     # The evaluation loss is only worth its cost when the Trainer evaluates during training.
-    test = with_training_prompts(test, task, script_args.train_prompt, training_args.seed) if test is not None and training_args.eval_strategy != "no" else None
+    test = test if training_args.eval_strategy != "no" else None
+    train, test = with_training_prompts(train, test, task, script_args.train_prompt, training_args.seed)
 
     fill_defaults(training_args, model_args, train.num_rows)
     model, tokenizer, quant = load_model(model_args, student, training_args)

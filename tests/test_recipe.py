@@ -609,3 +609,28 @@ def test_finetuning_warnings_name_the_problem_and_the_fix(task):
     # A constant answer that the gold rows themselves mostly hold is no sign of a broken model.
     skewed = Task.load({**task.to_dict(), "test": [{"input": g.input, "output": "positive"} for g in task.gold]})
     assert finetuning_warnings([TaskScore("finetuned", "zero-shot", "exact_match", 100.0, 4, ["positive"] * 4)], skewed) == []
+
+
+def test_training_rows_keep_the_builders_completions_and_form(task):
+    """with_training_prompts: a ReBase row's completion holds its reasoning, and a chat student's rows are turns;
+    neither is rebuilt from `output`, and the task's gold rows join them in the same form."""
+    from datasets import Dataset
+
+    from selfguide.builders.data import with_training_prompts
+    from selfguide.prompts import prompt_completion, training_prompt, user_turn
+
+    reasoned = [{**task_rows(task, [e])[0], "completion": f" It says '{e.input}', so {e.output}"} for e in task.examples]
+    gold = Dataset.from_list([{"input": g.input, "output": g.output} for g in task.gold])
+    train, test = with_training_prompts(Dataset.from_list(reasoned), gold, task, "zero-shot", seed=0)
+    assert train["completion"] == [r["completion"] for r in reasoned] and train["prompt"] == [r["prompt"] for r in reasoned]
+    assert test["prompt"] == [training_prompt(task, g.input) for g in task.gold] and test["completion"] == [" " + g.output for g in task.gold]
+    train, _ = with_training_prompts(Dataset.from_list(reasoned), None, task, "few-shot", seed=0)
+    assert train["completion"] == [r["completion"] for r in reasoned] and all(f"Input: {e.input}" in train["prompt"][0] for e in task.examples)
+
+    chat = Dataset.from_list([{"input": e.input, "output": e.output, **prompt_completion(task, e.input, e.output, chat=True)} for e in task.examples])
+    train, test = with_training_prompts(chat, gold, task, "zero-shot", seed=0)
+    assert train["prompt"] == chat["prompt"] and test["prompt"] == [user_turn(training_prompt(task, g.input)) for g in task.gold]
+    assert test["completion"] == [[{"role": "assistant", "content": g.output}] for g in task.gold]
+    train, _ = with_training_prompts(chat, None, task, "few-shot", seed=0)
+    assert train["completion"] == chat["completion"] and [t["role"] for t in train["prompt"][0]] == ["user"]
+    assert all(f"Input: {e.input}" in train["prompt"][0][0]["content"] for e in task.examples)
