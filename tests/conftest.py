@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,23 @@ def sentiment_task_dict() -> dict:
 @pytest.fixture
 def rewrite_task_dict() -> dict:
     return json.loads((FIXTURES / "rewrite_task.json").read_text())
+
+
+# A template whose markers cannot come from a document prompt: a row or prompt holding them was rendered with it.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>[{{ m['role'] }}]\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>[assistant]\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with CHAT_TEMPLATE: a chat student."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,7 +1,6 @@
 """Chat students: prompts in the student's chat template, TRL conversational rows, documents otherwise."""
 
 import random
-import shutil
 
 import pytest
 from datasets import load_dataset
@@ -19,22 +18,7 @@ from selfguide.task import Task
 from tests.conftest import FIXTURES
 from tests.test_selfguide_builder import LOOSE
 
-# A template whose markers cannot come from a document prompt: a row or prompt holding them was rendered with it.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>[{{ m['role'] }}]\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>[assistant]\n{% endif %}"
-)
 SENTIMENT = FIXTURES / "sentiment_task.json"
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_dir(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _load(model, cache_dir, **kw):

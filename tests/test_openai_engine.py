@@ -2,7 +2,6 @@
 
 import logging
 import re
-import shutil
 import threading
 import time
 import traceback
@@ -15,7 +14,6 @@ from selfguide.engines import OpenAIEngine, SamplingParams, ServerError, Transfo
 from selfguide.errors import ConfigError
 from selfguide.student import _embedded_gguf
 from tests.rebase_support import ScriptedServer, free_port, real_llama_server
-from tests.test_chat_format import CHAT_TEMPLATE
 
 
 def test_completions_request_carries_the_sampling_knobs_and_answers_in_order():
@@ -215,16 +213,6 @@ def test_score_needs_one_continuation_per_prompt():
 
 
 # -- the served model's tokenizer ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_dir(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_a_tokenizer_gives_the_chat_template_and_token_counts(tiny_model_dir, tiny_chat_dir):
