@@ -85,15 +85,20 @@ def test_greedy_is_the_same_for_every_sample_and_matches_a_plain_completion(engi
 
 
 @pytest.mark.slow
-def test_stop_strings_cut_the_same_sample_short(engine):
+def test_stop_strings_end_the_same_samples_early(engine, monkeypatch):
     params = SamplingParams(temperature=1.0, n=2, max_new_tokens=16, seed=0)
+    evaluated = []
+    real_eval = engine.llm.eval
+    monkeypatch.setattr(engine.llm, "eval", lambda tokens: (evaluated.append(len(tokens)), real_eval(tokens))[1])
     full = engine.generate(PROMPTS, params)
+    full_tokens, evaluated[:] = sum(evaluated), []
     cut = engine.generate(PROMPTS, SamplingParams(**{**vars(params), "stop": ("e", "\n")}))
     assert sum("e" in s for samples in full for s in samples) >= 3, "samples must reach the stop string"
     for full_samples, cut_samples in zip(full, cut):
         for f, c in zip(full_samples, cut_samples):
             ends = [i for i in (f.find("e"), f.find("\n")) if i != -1]
             assert c == f[: min(ends)] if ends else c == f
+    assert sum(evaluated) < full_tokens, "generation stops at a stop string, not just its text"
 
 
 @pytest.mark.slow
