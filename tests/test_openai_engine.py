@@ -42,6 +42,15 @@ def test_servers_that_ignore_n_are_asked_again_with_other_seeds():
     assert len(server.requests) == 3 and len(set(samples)) == 3
 
 
+def test_at_most_four_samples_are_asked_for_per_request():
+    def respond(prompt, body):  # llama-server's limit
+        return (400, {"error": {"message": "Field 'n': Value must be between 1 <= value <= 4"}}) if body["n"] > 4 else f"s{body['seed']}"
+
+    with ScriptedServer(respond, choices_per_request=4) as server:
+        (samples,) = OpenAIEngine(server.base_url, model="m").generate(["p"], SamplingParams(temperature=1.0, n=6, seed=1))
+    assert len(samples) == 6 and [b["n"] for b in server.requests] == [4, 2]
+
+
 def test_server_errors_and_rate_limits_are_retried():
     answers = iter([(503, "busy"), (429, "slow down", {"Retry-After": "0"}), "fine"])
     with ScriptedServer(lambda prompt, body: next(answers)) as server:

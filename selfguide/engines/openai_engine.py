@@ -22,6 +22,9 @@ from .base import Engine, SamplingParams, truncate_at_stop
 
 # The OpenAI API accepts at most four stop strings; servers following it reject more.
 _MAX_STOP = 4
+# Samples asked for in one request: llama.cpp's llama-server refuses an `n` above 4 with a 400 ("Field 'n': Value
+# must be between 1 <= value <= 4"); more are asked for in further requests.
+_MAX_N = 4
 # The client refuses to start without a key; servers that check none ignore this one.
 _NO_KEY = "no-key"
 _CANNOT_SCORE_FIX = (
@@ -166,7 +169,7 @@ class OpenAIEngine(Engine):
                 "POST /v1/completions",
                 "Fix: check the model name, the api key and the request limits of the server",
                 model=model, prompt=prompt, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                top_p=params.top_p, n=params.n - len(texts), **knobs,
+                top_p=params.top_p, n=min(params.n - len(texts), _MAX_N), **knobs,
             )
             texts.extend(truncate_at_stop(c["text"], params.stop) for c in self._choices(answer, "a completion request"))
         return texts[: params.n]
