@@ -40,7 +40,8 @@ class TaskEvalCallback(TrainerCallback):
     `state.log_history` (and `trainer_state.json`) and every logger `report_to` names (TensorBoard,
     trackio, wandb); without it, into `state.log_history` only. A run resumed from a checkpoint keeps
     the baseline it restores with the log history, and its answers (`BASELINE_FILE` in the checkpoint).
-    The finetuned model is scored with `prompt`, which should be the one it is trained with.
+    The finetuned model is scored with `prompt`, which should be the one it is trained with, and with `chat`
+    in the tokenizer's chat template when it is trained on conversational rows.
     Under several processes each one decodes a share of the rows. A 4-bit model is evaluated in its
     trainable layout (`selfguide.quantization.trainable_4bit_layout`); with QLoRA on a CPU, also call
     `keep_4bit_trainable(model)` before training if the Trainer computes an evaluation loss, as the
@@ -56,6 +57,7 @@ class TaskEvalCallback(TrainerCallback):
         batch_size: int = 16,
         max_new_tokens: Optional[int] = None,
         prompt: str = ZERO_SHOT,
+        chat: bool = False,
     ):
         self.task = Task.load(task)
         self.rows = list(rows) if rows is not None else gold_rows(self.task)
@@ -64,7 +66,8 @@ class TaskEvalCallback(TrainerCallback):
         self.metric = metric_name(self.task.type)
         self.baseline = baseline
         self.prompt = prompt  # the finetuned model's: the one it is trained with
-        self.score_kwargs = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+        # chat: prompts in the tokenizer's chat template, for a model trained on conversational rows
+        self.score_kwargs = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "chat": chat}
         self.base_scores: list[TaskScore] = []  # the baseline with its answers (from the checkpoint when resumed)
         self.last_score: Optional[TaskScore] = None
         self._log: Optional[Callable[[dict], None]] = None

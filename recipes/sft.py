@@ -57,6 +57,7 @@ class Run:
 def build(script_args, training_args, model_args) -> Run:
     """Everything before `train()`: checks, data, model, callbacks, trainer."""
     from trl import SFTTrainer, get_peft_config
+    from trl.data_utils import is_conversational
 
     from selfguide.builders.data import load_training_data, training_splits, with_training_prompts
     from selfguide.callbacks import ModelCardCallback, TaskEvalCallback
@@ -90,7 +91,8 @@ def build(script_args, training_args, model_args) -> Run:
     task_callback = None
     if eval_rows:
         task_callback = TaskEvalCallback(
-            task, eval_rows, baseline=script_args.eval_baseline, batch_size=script_args.eval_batch_size, prompt=script_args.train_prompt
+            task, eval_rows, baseline=script_args.eval_baseline, batch_size=script_args.eval_batch_size,
+            prompt=script_args.train_prompt, chat=is_conversational(train[0]),
         )
     card_callback = ModelCardCallback(
         card_info(script_args, training_args, model_args, task, student, data_summary, quant), task_eval=task_callback

@@ -634,3 +634,18 @@ def test_training_rows_keep_the_builders_completions_and_form(task):
     train, _ = with_training_prompts(chat, None, task, "few-shot", seed=0)
     assert train["completion"] == chat["completion"] and [t["role"] for t in train["prompt"][0]] == ["user"]
     assert all(f"Input: {e.input}" in train["prompt"][0][0]["content"] for e in task.examples)
+
+
+def test_a_chat_student_trains_and_is_scored_in_its_chat_template(task, task_file, tiny_chat_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from selfguide.prompts import prompt_completion
+
+    def rows(examples):  # what the builders write for a chat student: TRL's conversational prompt-completion rows
+        return [{"input": e.input, "output": e.output, **prompt_completion(task, e.input, e.output, chat=True)} for e in examples]
+
+    DatasetDict({"train": Dataset.from_list(rows(task.examples * 4)), "test": Dataset.from_list(rows(task.gold))}).save_to_disk(tmp_path / "data")
+    run_ = build(*parse_args(recipe_args(task_file, tmp_path / "data", tiny_chat_dir, tmp_path / "out", **LORA, eval_baseline="false")))
+    trained = run_.trainer.processing_class.decode(run_.trainer.train_dataset[0]["input_ids"])
+    assert "[user]\n" in trained and "[assistant]\n" in trained  # SFTTrainer applied the template
+    assert run_.task_callback.score_kwargs["chat"] is True  # and the evaluation prompts use it too
