@@ -53,4 +53,3 @@ def quantization_summary(config) -> dict:
         "compute_dtype": str(config.bnb_4bit_compute_dtype).replace("torch.", ""),
         "library": "bitsandbytes",
     }
-
