@@ -25,7 +25,7 @@ from ..journal import Journal
 from ..prompt_format import PROMPT_FORMATS, resolve_prompt_format
 from ..prompts import prompt_completion
 from ..report import FilterReport
-from ..patches import installed_version
+from ..patches import installed_versions
 from ..student import DEFAULT_STUDENT, EMBEDDED_PACKAGE, resolve_dtype
 from ..task import Task, TaskSpecError
 from ..errors import ConfigError, SelfGuideError
@@ -146,7 +146,7 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         if kwargs["model"] in (None, ""):
             kwargs["model"] = DEFAULT_STUDENT
         packages = self.ROW_LIBRARIES + ((EMBEDDED_PACKAGE,) if kwargs["model"] == DEFAULT_STUDENT else ())
-        kwargs["versions"] = {p: installed_version(p) for p in packages if installed_version(p)}
+        kwargs["versions"] = installed_versions(packages)
         return kwargs
 
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ from ..metrics import metric_name
 from ..report import FilterReport
 from ..task import Task
 from ..errors import ConfigError
+from ..patches import installed_versions
 
 TEMPLATES = Path(__file__).parent
 # The embedded student is Google's Gemma 3 270M base model (shipped as a Q4_K_M GGUF and dequantised).
@@ -148,16 +148,6 @@ def eval_results(task: Task, scores: Sequence[TaskScore], dataset_id: Optional[s
     return results
 
 
-def framework_versions(names: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def _prompt_code(info: ModelCardInfo) -> str:
     """Code that builds the prompt the model was trained with, as selfguide.prompts formats it."""
     task = info.task
@@ -247,7 +237,7 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         train_prompt=info.train_prompt,
         hyperparameters=hyperparameters,
         usage=usage_snippet(info),
-        versions=framework_versions(
+        versions=installed_versions(
             ["selfguide", "transformers", "trl", "peft", "torch", "datasets", "huggingface_hub"]
             + (["bitsandbytes"] if info.quantization else [])
         ),

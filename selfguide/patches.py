@@ -33,6 +33,11 @@ def installed_version(distribution: str) -> Optional[str]:
         return None
 
 
+def installed_versions(distributions) -> dict[str, str]:
+    """The installed version of each distribution that is installed."""
+    return {d: v for d in distributions if (v := installed_version(d))}
+
+
 def require_checked(distribution: str, what: str) -> None:
     """Raise before `what` touches `distribution`'s internals when the installed version is newer than checked."""
     from packaging.version import Version
