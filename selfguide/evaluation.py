@@ -197,7 +197,7 @@ def load_for_evaluation(
     dtype: str = "auto",
 ):
     """Base model (and tokenizer), 4-bit when asked; with `adapter`, a PeftModel around it."""
-    from .student import load_student, resolve_student
+    from .student import load_student, offline_load_kwargs, resolve_student
 
     if load_in_4bit:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +206,7 @@ def load_for_evaluation(
 
         path = resolve_student(model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=nf4_config())
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=nf4_config(), **offline_load_kwargs())
     else:
         model, tokenizer = load_student(model_name_or_path, dtype=dtype)
     if adapter:

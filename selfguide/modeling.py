@@ -15,7 +15,7 @@ import torch
 from .errors import ConfigError
 from .patches import keep_4bit_trainable
 from .quantization import require_bitsandbytes
-from .student import resolve_dtype
+from .student import offline_load_kwargs, resolve_dtype
 
 
 def finetuning_method(model_args) -> str:
@@ -71,6 +71,7 @@ def load_model(model_args, path: str, training_args):
         "attn_implementation": model_args.attn_implementation,
         "trust_remote_code": training_args.trust_remote_code,
         "dtype": weights_dtype(model_args, training_args.device),
+        **offline_load_kwargs(),
         **(training_args.model_init_kwargs or {}),
     }
     training_args.model_init_kwargs = None

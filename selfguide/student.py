@@ -163,6 +163,16 @@ def dtype_choice(dtype: str = "auto") -> str:
     return f"{chosen} (auto: CPU with {', '.join(flags)})" if flags else f"{chosen} (auto: CPU without native bf16)"
 
 
+def offline_load_kwargs() -> dict:
+    """`from_pretrained` arguments for a machine without the Hub. transformers (5.25) loads a model on a GPU with
+    kernels fetched from the Hub (`use_kernels` is on unless set); with HF_HUB_OFFLINE set and no cached copy of a
+    kernel, that fetch ended every GPU load in a ValueError (seen on an H200, benchmarks/results/cuda_7b_shape.md), so
+    offline the model keeps transformers' own layers. Online, transformers' default is kept."""
+    from huggingface_hub import is_offline_mode
+
+    return {"use_kernels": False} if is_offline_mode() else {}
+
+
 def load_student(model: Optional[str] = None, dtype: str = "auto", device: Optional[str] = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -171,6 +181,6 @@ def load_student(model: Optional[str] = None, dtype: str = "auto", device: Optio
     path = resolve_student(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **offline_load_kwargs()).to(device)
     lm.eval()
     return lm, tokenizer

@@ -118,10 +118,13 @@ def test_evaluating_a_4bit_model_leaves_its_gradients_intact(qlora_model_dir, se
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from selfguide.quantization import nf4_config, trainable_4bit_layout
+    from selfguide.student import offline_load_kwargs
 
     task = Task.load(sentiment_task_dict)
     tokenizer = AutoTokenizer.from_pretrained(qlora_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(qlora_model_dir, quantization_config=nf4_config(), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        qlora_model_dir, quantization_config=nf4_config(), dtype=torch.float32, **offline_load_kwargs()
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
@@ -132,7 +135,7 @@ def test_evaluating_a_4bit_model_leaves_its_gradients_intact(qlora_model_dir, se
     with trainable_4bit_layout(model):
         assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
     assert all(layer.support_avx512bf16_for_cpu for layer in layers)
-    batch = collate(lm_rows(tokenizer, task, task.gold))
+    batch = {k: v.to(model.device) for k, v in collate(lm_rows(tokenizer, task, task.gold)).items()}
 
     def first_layer_grad():
         model.train()

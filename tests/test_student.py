@@ -6,7 +6,7 @@ import torch
 
 from selfguide import student
 from selfguide.errors import InputNotFoundError
-from selfguide.student import resolve_dtype, resolve_student
+from selfguide.student import load_student, resolve_dtype, resolve_student
 
 
 @pytest.fixture
@@ -97,3 +97,17 @@ def test_two_processes_convert_the_embedded_student_once(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(outs[0])
     assert not getattr(model, "is_quantized", False) and model.config.model_type.startswith("gemma3")
+
+
+def test_offline_the_student_loads_without_hub_kernels(tiny_model_dir, monkeypatch):
+    """transformers loads with Hub kernels unless told otherwise; on a GPU without the Hub that fetch raised a
+    ValueError on every load (benchmarks/results/cuda_7b_shape.md), so offline the model keeps its own layers."""
+    import huggingface_hub
+
+    hub = sys.modules[huggingface_hub.is_offline_mode.__module__]
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    online, _ = load_student(str(tiny_model_dir), dtype="float32", device="cpu")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    offline, _ = load_student(str(tiny_model_dir), dtype="float32", device="cpu")
+    assert online.use_kernels, "transformers' default: this test means nothing once it changes"
+    assert not offline.use_kernels
