@@ -68,6 +68,13 @@ class TransformersEngine(Engine):
         cache.batch_repeat_interleave(repeats)
         return cache
 
+    def _shares_prefill(self, n: int, enc: dict) -> bool:
+        """One prefill for the n samples of a prompt, on a CPU only. There prefill is the cost: n samples took 2.8x
+        less time (benchmarks/results/engine_shortcuts.md). On an H200 generation is bound by the decode steps, and
+        the shared cache made them slower: 0.48x transformers' own generate at 64 prompts x 4 samples a batch, 0.96x
+        at 16 (benchmarks/results/cuda_7b_shape.md)."""
+        return n > 1 and enc["input_ids"].shape[1] > 1 and self.device.type == "cpu"
+
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         results: list[list[str]] = [[] for _ in prompts]
         do_sample = params.temperature > 0
@@ -90,7 +97,7 @@ class TransformersEngine(Engine):
                     torch.manual_seed(params.seed * 100_003 + b)
                 with torch.inference_mode():
                     # Per batch: a cache left from the batch before would be read as this batch's prompts.
-                    shared = {"cache": self._prefill(enc, n)} if n > 1 and enc["input_ids"].shape[1] > 1 else {}
+                    shared = {"cache": self._prefill(enc, n)} if self._shares_prefill(n, enc) else {}
                     out = self.model.generate(
                         input_ids=enc["input_ids"].repeat_interleave(n, dim=0),
                         attention_mask=enc["attention_mask"].repeat_interleave(n, dim=0),
