@@ -39,7 +39,7 @@ from selfguide import Task
 from selfguide.task import task_name
 from selfguide.builders.base import NoRowsError
 from selfguide.evaluation import FEW_SHOT, generate, load_for_evaluation, score_model
-from selfguide.metrics import metric_name, most_frequent_answer, rouge_l, task_score
+from selfguide.metrics import metric_name, most_frequent_answer, task_score
 from selfguide.prompts import format_prompt
 
 METHODS = ("baseline", "self_guide", "in_context", "rebase")
@@ -138,8 +138,12 @@ def split_rows(task: Task, split: str) -> list[dict]:
     split_file = SHARED_DATA / "ni" / "splits" / split / f"{task.name.split('_')[0]}.jsonl"
     if not split_file.exists():
         return [{"input": g.input, "output": g.output} for g in task.gold]
-    rows = map(json.loads, split_file.read_text().splitlines())
-    return [{"input": r["input_col"], "output": r["output_col"]} for r in rows]
+    # The split names one answer per row; NI's instance of that row may accept several, and NI scores the best.
+    answers = {(g.input, g.output): g.answers for g in task.gold}
+    rows = [json.loads(line) for line in split_file.read_text().splitlines()]
+    return [{"input": r["input_col"], "output": r["output_col"]}
+            | ({"references": list(a)} if len(a := answers.get((r["input_col"], r["output_col"]), ())) > 1 else {})
+            for r in rows]
 
 
 def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
@@ -159,11 +163,11 @@ def eval_task(path: Path, args, work: Path) -> tuple[Task, Path]:
 
 
 def references(task: Task) -> dict:
-    refs = [g.output for g in task.gold]
     if task.is_classification:
+        refs = [g.output for g in task.gold]
         majority = Counter(refs).most_common(1)[0][0]
         return {"majority_label": task_score(task.type, [majority] * len(refs), refs, task.labels)}
-    return {"copy_input": 100 * statistics.fmean(rouge_l(g.input, g.output) for g in task.gold)}
+    return {"copy_input": task_score(task.type, [g.input for g in task.gold], [g.answers for g in task.gold])}
 
 
 def training_argv(spec: Path, out: Path, args) -> list[str]:
@@ -206,7 +210,7 @@ def in_context(task: Task, spec: Path, args, model, tokenizer) -> tuple[float, l
         prompts.append(format_prompt(task, g.input, shots))
     budget = 16 if task.is_classification else 96
     predictions = generate(model, tokenizer, prompts, budget)
-    return task_score(task.type, predictions, [g.output for g in task.gold], task.labels), predictions
+    return task_score(task.type, predictions, [g.answers for g in task.gold], task.labels), predictions
 
 
 def synthesis_knobs(args) -> dict:
