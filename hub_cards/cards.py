@@ -117,6 +117,8 @@ class ModelCardInfo:
     repo_id: Optional[str] = None
     base_model_note: Optional[str] = None
     train_prompt: str = ZERO_SHOT  # or FEW_SHOT: the prompt the model was trained and scored with
+    prompt_format: str = "document"  # or "chat": the prompt as one user turn of the base model's chat template
+    dtype: Optional[str] = None  # the weights' dtype and, under "auto", why (student.dtype_choice)
 
 
 def report_table(report: Optional[FilterReport]) -> str:
@@ -186,10 +188,15 @@ def usage_snippet(info: ModelCardInfo) -> str:
                 f"model = AutoModelForCausalLM.from_pretrained({base!r}, quantization_config=quantization)"
             )
         load += f"\nmodel = PeftModel.from_pretrained(model, {where!r})"
+    chat = (
+        '# Trained as one user turn of the chat template:\n'
+        'prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)\n'
+        'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)\n'
+    )
     return (
         f"{imports}\n\n{_prompt_code(info)}\n\n{load}\n\n"
-        'inputs = tokenizer(prompt, return_tensors="pt").to(model.device)\n'
-        "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
+        + (chat if info.prompt_format == "chat" else 'inputs = tokenizer(prompt, return_tensors="pt").to(model.device)\n')
+        + "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).split("\\n\\n")[0].strip())'
     )
 
@@ -235,6 +242,8 @@ def render_model_card(info: ModelCardInfo, scores: Sequence[TaskScore], hyperpar
         adapter=info.adapter,
         quantization=info.quantization,
         train_prompt=info.train_prompt,
+        prompt_format=info.prompt_format,
+        dtype=info.dtype,
         hyperparameters=hyperparameters,
         usage=usage_snippet(info),
         versions=installed_versions(

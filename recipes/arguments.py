@@ -31,7 +31,7 @@ from ..metrics import metric_name
 from ..hub_cards import EMBEDDED_BASE_MODEL_ID, EMBEDDED_LICENSE, ModelCardInfo
 from ..modeling import adapter_summary, check_model_args, finetuning_method
 from ..quantization import quantization_summary
-from ..student import DEFAULT_STUDENT, DTYPES
+from ..student import DEFAULT_STUDENT, DTYPES, dtype_choice
 from ..task import TASK_TYPES, Task
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def fill_defaults(training_args: RecipeConfig, model_args: ModelConfig, num_rows
         training_args.num_train_epochs = float(max(MIN_EPOCHS, math.ceil(needed / steps_per_epoch)))
 
 
-def card_info(script_args, training_args, model_args, task: Task, student_path: str, data_summary, quant) -> ModelCardInfo:
+def card_info(script_args, training_args, model_args, task: Task, student_path: str, data_summary, quant, chat: bool = False) -> ModelCardInfo:
     """What the model card says about this run, other than its scores and hyperparameters."""
     embedded = model_args.model_name_or_path in (None, "", DEFAULT_STUDENT)
     if embedded:
@@ -320,4 +320,6 @@ def card_info(script_args, training_args, model_args, task: Task, student_path: 
         repo_id=training_args.hub_model_id,
         base_model_note=note,
         train_prompt=script_args.train_prompt,
+        prompt_format="chat" if chat else "document",
+        dtype=dtype_choice(model_args.dtype),
     )

@@ -88,14 +88,15 @@ def build(script_args, training_args, model_args) -> Run:
     model, tokenizer, quant = load_model(model_args, student, training_args)
     project_completion_tokens_only()  # TRL's fused LM head projects only the completion positions on a CPU too
     eval_rows = gold_rows(task, script_args.max_eval_rows) if task.gold else []
+    chat = is_conversational(train[0])
     task_callback = None
     if eval_rows:
         task_callback = TaskEvalCallback(
             task, eval_rows, baseline=script_args.eval_baseline, batch_size=script_args.eval_batch_size,
-            prompt=script_args.train_prompt, chat=is_conversational(train[0]),
+            prompt=script_args.train_prompt, chat=chat,
         )
     card_callback = ModelCardCallback(
-        card_info(script_args, training_args, model_args, task, student, data_summary, quant), task_eval=task_callback
+        card_info(script_args, training_args, model_args, task, student, data_summary, quant, chat=chat), task_eval=task_callback
     )
     trainer = SFTTrainer(
         model=model,

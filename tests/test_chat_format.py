@@ -68,3 +68,25 @@ def test_evaluation_prompts_equal_the_template_applied_to_the_training_rows(tmp_
     rendered = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     (prompt,) = build_prompts(task, [row["input"]], ZERO_SHOT, style=tokenizer_style(tokenizer))
     assert tokenizer.bos_token + prompt == rendered
+
+
+def test_a_chat_student_trained_by_the_recipe_says_so_in_its_card(tmp_path, tiny_chat_dir):
+    from selfguide.recipes.sft import run
+    from tests.test_recipe import LORA, recipe_args
+
+    data = tmp_path / "data"
+    _load(tiny_chat_dir, tmp_path / "cache").save_to_disk(str(data))
+    run(recipe_args(SENTIMENT, data, tiny_chat_dir, tmp_path / "out", max_steps=1, eval_baseline="false", **LORA))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "- Prompts: chat: each prompt one user turn of the base model's chat template" in card
+    # The usage snippet prompts the adapter as it was trained: the training prompt as one user turn of the template.
+    snippet = card.split("```python\n")[1].split("```")[0]
+    compile(snippet, "usage", "exec")
+    namespace = {"tokenizer": AutoTokenizer.from_pretrained(tiny_chat_dir)}
+    exec(next(block for block in snippet.split("\n\n") if block.startswith("instruction = ")), namespace)
+    exec(next(line for line in snippet.splitlines() if line.startswith("prompt = tokenizer.apply_chat_template")), namespace)
+    task = Task.load(SENTIMENT)
+    trained = namespace["tokenizer"].apply_chat_template(
+        [{"role": "user", "content": training_prompt(task, task.examples[0].input)}], tokenize=False, add_generation_prompt=True
+    )
+    assert namespace["prompt"] == trained

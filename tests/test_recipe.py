@@ -18,7 +18,7 @@ from selfguide.modeling import finetuning_method
 from selfguide.quantization import MissingBitsandbytesError
 from selfguide.recipes.arguments import parse_args
 from selfguide.recipes.sft import build, run
-from selfguide.student import resolve_dtype
+from selfguide.student import dtype_choice, resolve_dtype
 from tests.sft_helpers import REPO, free_port, qlora_model_dir, save_task_dataset, task_rows, tree_digest  # noqa: F401  (fixture)
 
 LORA = {"load_in_4bit": "false"}  # TRL's flags: an adapter on the full-precision base
@@ -95,6 +95,8 @@ def test_qlora_run_saves_adapter_cards_and_best_checkpoint(task, task_file, qlor
     card = (out / "README.md").read_text()
     compute = str(resolve_dtype("auto")).removeprefix("torch.")  # float32, or bf16 on a CPU with native bf16
     assert f"4-bit nf4, double quantisation on, compute dtype {compute}" in card
+    assert f"- dtype (`--dtype`, for the 4-bit matmuls and a frozen LoRA base): {dtype_choice('auto')}" in card
+    assert "- Prompts: documents (`Input: ...` / `Output:`), no chat template" in card
     assert [s.label for s in result.scores] == ["base model, few-shot prompt", "base model, zero-shot prompt", "finetuned model, zero-shot prompt"]
     # The 'after' is the best checkpoint's weights, scored again at the end: its answers, not the base model's.
     finetuned = result.scores[-1]
