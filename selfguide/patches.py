@@ -182,3 +182,35 @@ def project_completion_tokens_only() -> None:
 
     compact_on_cpu.selfguide_patch = True
     trl_utils._use_triton = compact_on_cpu
+
+
+# -- llama-cpp-python ------------------------------------------------------------------------------------
+
+CHECKED_BELOW.setdefault("llama-cpp-python", "0.4")
+
+
+def llama_logits_at_every_position(llm, tokens: list[int], n_past: int):
+    """The logits after each of `tokens` (float64, one row per token), decoded after the first `n_past` cached tokens,
+    whose cache is kept and anything cached after them dropped.
+
+    `Llama.eval` keeps the logits of a batch's last token only, unless the model was loaded with `logits_all`, which
+    projects every prompt token onto the vocabulary and holds n_ctx x vocab floats; so the tokens go through the
+    Llama's own context and batch (`_ctx`, `_batch`), asking for logits at every position.
+    """
+    import numpy as np
+
+    require_checked("llama-cpp-python", "scoring a continuation in process")
+    if not (hasattr(llm, "_ctx") and hasattr(llm, "_batch")):
+        raise UncheckedVersionError(
+            f"llama-cpp-python: version {installed_version('llama-cpp-python')} has no Llama._ctx/_batch, which scoring "
+            "in process decodes through. Fix: pip install 'llama-cpp-python<0.4', or score with engine='transformers'"
+        )
+    llm._ctx.kv_cache_seq_rm(0, n_past, -1)
+    rows = []
+    for start in range(0, len(tokens), llm.n_batch):
+        chunk = tokens[start : start + llm.n_batch]
+        llm._batch.set_batch(chunk, n_past=n_past + start, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), llm.n_vocab())).astype(np.float64))
+    return np.concatenate(rows)
+

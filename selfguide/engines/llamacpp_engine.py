@@ -18,6 +18,7 @@ import numpy as np
 from datasets.utils import tqdm
 
 from ..errors import ConfigError, InputNotFoundError, SelfGuideError
+from ..patches import llama_logits_at_every_position
 from .base import Engine, SamplingParams, truncate_at_stop
 
 
@@ -136,27 +137,12 @@ class LlamaCppEngine(Engine):
         return results
 
     def _continuation_logprob(self, prompt: list[int], continuation: list[int]) -> float:
-        """Summed log-probability of `continuation` after `prompt`, whose all-but-last tokens are cached.
-
-        Llama.eval keeps the logits of a batch's last token only (unless the model is loaded with
-        logits_all, which projects every prompt token onto the vocabulary and holds n_ctx x vocab floats),
-        so the continuation is decoded here through the Llama's own batch, with logits at every position.
-        """
-        llm = self.llm
-        n_past = len(prompt) - 1
-        llm._ctx.kv_cache_seq_rm(0, n_past, -1)
+        """Summed log-probability of `continuation` after `prompt`, whose all-but-last tokens are cached."""
         inputs = [prompt[-1]] + continuation[:-1]  # row r predicts continuation[r]
-        total = 0.0
-        for start in range(0, len(inputs), llm.n_batch):
-            chunk = inputs[start : start + llm.n_batch]
-            llm._batch.set_batch(chunk, n_past=n_past + start, logits_all=True)
-            llm._ctx.decode(llm._batch)
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), llm.n_vocab())).astype(np.float64)
-            targets = continuation[start : start + len(chunk)]
-            top = logits.max(axis=1)
-            log_norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-            total += float((logits[np.arange(len(chunk)), targets] - log_norm).sum())
-        return total
+        logits = llama_logits_at_every_position(self.llm, inputs, n_past=len(prompt) - 1)
+        top = logits.max(axis=1)
+        log_norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        return float((logits[np.arange(len(inputs)), continuation] - log_norm).sum())
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """Log-likelihood of each continuation after its prompt, tokenized apart and joined (as
