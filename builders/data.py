@@ -15,7 +15,7 @@ from typing import Optional
 from ..errors import ConfigError
 from ..evaluation import FEW_SHOT, ZERO_SHOT
 from ..prompts import prompt_completion, row_fewshot_prompt, training_prompt, user_turn
-from ..task import Task
+from ..task import TASK_FILE, Task
 from .rebase import ReBaseConfig
 from .selfguide import SelfGuideConfig
 
@@ -40,11 +40,28 @@ def saved_dataset_folder(name: str) -> Optional[Path]:
     return None
 
 
+def hub_task(repo_id: str) -> Optional[Task]:
+    """The task a dataset on the Hub was made for: the `task.json` that `push_dataset` puts beside its rows, or None
+    (not there, not reachable, not cached offline)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, TASK_FILE, repo_type="dataset")
+    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError):  # ValueError: not a valid repo id
+        return None
+    return Task.from_saved(Path(path).parent)
+
+
 def resolve_task(task: Optional[str], dataset_name: Optional[str]) -> Task:
-    """`--task` when given; else the task a saved dataset folder was made for (`selfguide generate` keeps it)."""
+    """`--task` when given; else the task a dataset was made for: kept in the folder `selfguide generate` wrote, or
+    in the Hub dataset `--push_dataset` pushed."""
     if task:
         return Task.load(task)
-    saved = Task.from_saved(Path(dataset_name).expanduser()) if dataset_name and is_local(dataset_name) else None
+    if not dataset_name:
+        saved = None
+    else:
+        saved = Task.from_saved(Path(dataset_name).expanduser()) if is_local(dataset_name) else hub_task(dataset_name)
     if saved is None:
         where = f" and {dataset_name} holds no saved task" if dataset_name else ""
         raise ConfigError(

@@ -548,6 +548,35 @@ def test_the_dataset_folder_for_the_hub_keeps_its_task_without_the_gold_rows(tas
     assert Task.from_saved(with_gold).gold == task.gold
 
 
+def test_a_hub_dataset_pushed_with_its_task_gives_the_recipe_its_task(task, tmp_path, monkeypatch):
+    """`--dataset_name user/repo` without --task: the task.json `--push_dataset` published beside the rows, found
+    through huggingface_hub (here from its cache, offline, laid out as a download leaves it)."""
+    import huggingface_hub
+    from datasets import Dataset, DatasetDict
+    from huggingface_hub import constants
+
+    from selfguide.builders.data import resolve_task
+    from selfguide.hub import save_dataset_for_hub
+    from selfguide.hub_cards import DataSummary
+
+    dataset = DatasetDict({"train": Dataset.from_list(task_rows(task, task.examples))})
+    summary = DataSummary("SELF-GUIDE", "load_dataset('selfguide', ...)", "the base model wrote", 4)
+    pushed = save_dataset_for_hub(dataset, tmp_path / "pushed", task, summary)
+    repo = tmp_path / "hub" / "datasets--me--sentiment-data"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "task.json").write_bytes((pushed / "task.json").read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(sys.modules[huggingface_hub.is_offline_mode.__module__], "HF_HUB_OFFLINE", True)
+
+    found = resolve_task(None, "me/sentiment-data")
+    assert (found.name, found.instruction, found.examples, found.gold) == (task.name, task.instruction, task.examples, [])
+    with pytest.raises(ConfigError, match=r"task: missing and me/other-data holds no saved task\. Fix: pass --task"):
+        resolve_task(None, "me/other-data")
+
+
 # -- the end of a run ----------------------------------------------------------------------------------
 
 
