@@ -8,12 +8,10 @@ model, data, trainer, train, save, push. The same config runs on one CPU process
     accelerate launch --quiet --multi_gpu --num_processes 2 recipes/sft.py --config recipes/configs/qlora.yaml --task my_task.yaml
     selfguide sft --task my_task.yaml --output_dir outputs/my_task --load_in_4bit false   # LoRA on a full-precision base
 
-Several processes on a machine without GPUs: `--multi_gpu` starts torch.distributed workers, which this
-recipe puts on the CPU (gloo). Bad input stops before any model loads or data is made, with one `error:`
-line naming the field and the fix; accelerate's `--quiet` keeps its launcher's traceback from burying it.
-
-Data: `load_dataset("selfguide" | "rebase", task=...)` built from the arguments here, or `--dataset_name`: a
-folder saved with `save_to_disk` or by `selfguide generate` (whose task is then the default `--task`), or a Hub id.
+Without GPUs, `--multi_gpu` starts CPU workers (gloo). Bad input stops before any model loads or data is made, with
+one `error:` line naming the field and the fix (accelerate's `--quiet` keeps its launcher's traceback off it).
+Data: `load_dataset("selfguide" | "rebase", task=...)` from the arguments here, or `--dataset_name`: a folder saved
+with `save_to_disk` or by `selfguide generate`, or a Hub dataset (either keeps its task: the default `--task`).
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ class RecipeResult:
 @dataclass
 class Run:
     """A recipe run set up and ready to train: the trainer and what the end of the run needs."""
-
     trainer: SFTTrainer
     task: Task
     dataset: DatasetDict
@@ -89,12 +86,9 @@ def build(script_args, training_args, model_args) -> Run:
     project_completion_tokens_only()  # TRL's fused LM head projects only the completion positions on a CPU too
     eval_rows = gold_rows(task, script_args.max_eval_rows) if task.gold else []
     chat = is_conversational(train[0])
-    task_callback = None
-    if eval_rows:
-        task_callback = TaskEvalCallback(
-            task, eval_rows, baseline=script_args.eval_baseline, batch_size=script_args.eval_batch_size,
-            prompt=script_args.train_prompt, chat=chat,
-        )
+    task_callback = TaskEvalCallback(
+        task, eval_rows, baseline=script_args.eval_baseline, batch_size=script_args.eval_batch_size, prompt=script_args.train_prompt, chat=chat,
+    ) if eval_rows else None
     card_callback = ModelCardCallback(
         card_info(script_args, training_args, model_args, task, student, data_summary, quant, chat=chat), task_eval=task_callback
     )
