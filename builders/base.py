@@ -38,7 +38,7 @@ _BUILDER_CONFIG_FIELDS = {f.name for f in fields(datasets.BuilderConfig)}
 _BUILDER_ARGS = set(inspect.signature(datasets.DatasetBuilder.__init__).parameters)
 # Knobs that change how fast rows are made, never which rows: kept out of the cache key
 # (and the api key must not end up in a cache folder name).
-_NOT_IN_CACHE_KEY = {"api_key", "concurrency", "timeout", "max_retries"}
+_NOT_IN_CACHE_KEY = {"api_key", "concurrency", "timeout", "max_retries", "ray_address"}
 ENGINES = ("transformers", "llama.cpp")
 
 
@@ -153,6 +153,21 @@ class TaskDatasetConfig(datasets.BuilderConfig):
         return super().create_config_id(self.cache_kwargs(), custom_features)
 
 
+def build_engine(cfg: TaskDatasetConfig, progress: Optional[str] = None) -> Engine:
+    """The engine a config names: a server with `base_url`, else `engine` in process. A function of the config
+    alone, so a Ray worker builds the same engine the driver would."""
+    if cfg.base_url:
+        return OpenAIEngine(
+            cfg.base_url, model=cfg.model, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"), timeout=cfg.timeout,
+            max_retries=cfg.max_retries, concurrency=cfg.concurrency, tokenizer=cfg.tokenizer,
+        )
+    if cfg.engine == "llama.cpp":
+        from ..engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine.from_pretrained(cfg.model, seed=cfg.seed, progress=progress)
+    return TransformersEngine.from_pretrained(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, progress=progress)
+
+
 class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = TaskDatasetConfig
     METHOD = "synthetic"
@@ -174,18 +189,7 @@ class TaskDatasetBuilder(datasets.GeneratorBasedBuilder):
     # -- the shared machinery --------------------------------------------------------------------
 
     def engine(self, progress: Optional[str] = None) -> Engine:
-        """The engine the config names: a server with `base_url`, else `engine` in process."""
-        cfg = self.config
-        if cfg.base_url:
-            return OpenAIEngine(
-                cfg.base_url, model=cfg.model, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"), timeout=cfg.timeout,
-                max_retries=cfg.max_retries, concurrency=cfg.concurrency, tokenizer=cfg.tokenizer,
-            )
-        if cfg.engine == "llama.cpp":
-            from ..engines.llamacpp_engine import LlamaCppEngine
-
-            return LlamaCppEngine.from_pretrained(cfg.model, seed=cfg.seed, progress=progress)
-        return TransformersEngine.from_pretrained(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, progress=progress)
+        return build_engine(self.config, progress)
 
     def __init__(self, cache_dir: Optional[str] = None, **kwargs):
         # A misspelt knob is named here; datasets would hand it to the config class, a bare TypeError.

@@ -10,6 +10,7 @@ import datasets
 from ..journal import Journal
 from ..report import FilterReport
 from ..synthesis.pipeline import SelfGuidePipeline
+from ..synthesis.shards import run_sharded
 from ..task import Task
 from .base import TaskDatasetBuilder, TaskDatasetConfig
 from ..errors import ConfigError
@@ -59,6 +60,12 @@ class SelfGuideConfig(TaskDatasetConfig):
     balance: Optional[str] = None
     output_length_filter: bool = True
     copy_threshold: float = 0.9
+    # scale-out: each round's batches dealt to this many shards, each with its own engine, seed stream and journal
+    # (selfguide/synthesis/shards.py); the rows depend on the shard count, not on where the shards run
+    num_shards: int = 1
+    # where the shards run: None in this process, one after another; "local" a Ray started here; "auto" or
+    # "ray://host:10001" a Ray cluster. Not in the cache key: the same shards give the same rows anywhere.
+    ray_address: Optional[str] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,7 +81,9 @@ class SelfGuideConfig(TaskDatasetConfig):
             raise ConfigError(f"min_majority: must be in (0, 1], got {self.min_majority}")
         if not 0 <= self.min_low_quality <= self.max_low_quality:
             raise ConfigError("min_low_quality/max_low_quality: need 0 <= min_low_quality <= max_low_quality")
-        for knob in ("inputs_per_prompt", "prompts_per_batch", "max_rounds", "annotation_samples"):
+        if self.ray_address and self.num_shards < 2:
+            raise ConfigError("ray_address: Ray runs the shards of a sharded run, and num_shards is 1. Fix: set num_shards=2 or more")
+        for knob in ("inputs_per_prompt", "prompts_per_batch", "max_rounds", "annotation_samples", "num_shards"):
             if getattr(self, knob) < 1:
                 raise ConfigError(f"{knob}: must be at least 1, got {getattr(self, knob)}")
         if self.oversample <= 0:
@@ -105,10 +114,15 @@ class SelfGuide(TaskDatasetBuilder):
         return {"round": -1, "votes": 0, "agreement": 0.0}
 
     def synthesize(self, task: Task, journal: Journal, report: FilterReport) -> list[dict]:
-        engine = self.engine()
+        cfg = self.config
+        on_ray = bool(cfg.ray_address)
+        engine = self.engine() if not on_ray or cfg.base_url else None  # Ray's workers build their own
         try:
-            if task.is_classification and self.config.label_strategy in SCORED_STRATEGIES:
+            if engine and task.is_classification and cfg.label_strategy in SCORED_STRATEGIES:
                 engine.check_scoring()  # a server that cannot score fails here, before any sampling is spent
-            return SelfGuidePipeline(task, engine, self.config, journal, report, chat=self.chat).run()
+            if cfg.num_shards > 1:
+                return run_sharded(task, None if on_ray else engine, cfg, journal.path.parent, report, chat=self.chat)
+            return SelfGuidePipeline(task, engine, cfg, journal, report, chat=self.chat).run()
         finally:
-            engine.close()
+            if engine:
+                engine.close()

@@ -140,6 +140,11 @@ class InputFilter:
             return "near_duplicate"
         return None
 
+    def remember_all(self, texts) -> None:
+        """Treat `texts` as accepted before: what a shard's filter is told of the pool's earlier rounds."""
+        for text in texts:
+            self._remember(text.strip())
+
     def accept(self, text: str) -> Optional[str]:
         """Return the drop reason, or None after remembering the text as accepted."""
         reason = self.reason_to_drop(text)

@@ -108,6 +108,12 @@ class SelfGuidePipeline:
         return [vote(s, self.cfg.min_majority, to_answer) for s in samples]
 
     def _batch(self, key: str, rng: random.Random, size: int, rows: list[dict], round_index: int) -> list[dict]:
+        kept, annotated = self.annotated_batch(key, rng, size, rows, round_index)
+        return self.post_filter(annotated, rows) if kept else []
+
+    def annotated_batch(self, key: str, rng: random.Random, size: int, rows: list[dict], round_index: int) -> tuple[list[str], list[dict]]:
+        """Stages (a)-(c) for one batch of prompts built from the pool `rows`: the inputs that passed the filters,
+        and the labelled rows among them, before (d)."""
         prompts = self._prompts(rng, size, rows)
         params = SamplingParams(**{**vars(self.input_params), "seed": _seed(self.cfg.seed, key, "inputs")})
         texts = self.journal.run(f"inputs/{key}", lambda: self.engine.generate(prompts, params))
@@ -123,7 +129,7 @@ class SelfGuidePipeline:
                 kept.append(text.strip())
         self.report.add("input_filters", len(candidates), len(kept), drops)
         if not kept:
-            return []
+            return [], []
 
         seed = _seed(self.cfg.seed, key, "outputs")
         raw = self.journal.run(f"outputs/{key}", lambda: [vars(a) for a in self._annotate(kept, seed)])
@@ -138,9 +144,10 @@ class SelfGuidePipeline:
                     row["label_scores"] = a.label_scores
                 annotated.append(row)
         self.report.add("output_annotation", len(kept), len(annotated), drops)
-        return self._post_filter(annotated, rows)
+        return kept, annotated
 
-    def _post_filter(self, annotated: list[dict], rows: list[dict]) -> list[dict]:
+    def post_filter(self, annotated: list[dict], rows: list[dict]) -> list[dict]:
+        """Stage (d) for one batch's labelled rows given the pool `rows`: class balance or the output filters."""
         accepted, drops = [], {}
         counts = class_counts(rows) if self.labels else None
         for row in annotated:
@@ -159,27 +166,36 @@ class SelfGuidePipeline:
 
     # -- the rounds --------------------------------------------------------------------------------
 
+    def batch_sizes(self, have: int) -> list[int]:
+        """The prompts in each batch of a round that starts with `have` rows: enough for the missing rows, oversampled."""
+        cfg = self.cfg
+        n_prompts = math.ceil((cfg.num_examples - have) * cfg.oversample / cfg.inputs_per_prompt)
+        return [min(cfg.prompts_per_batch, n_prompts - start) for start in range(0, n_prompts, cfg.prompts_per_batch)]
+
     def run(self) -> list[dict]:
         cfg = self.cfg
         rows: list[dict] = []
         bar = tqdm(total=cfg.num_examples, desc="SELF-GUIDE rows", unit="row", disable=not self.progress)
         try:  # closed on Ctrl-C too, so no stale bar prints after the command's last line
             for r in range(cfg.max_rounds):
-                need = cfg.num_examples - len(rows)
-                if need <= 0:
+                if len(rows) >= cfg.num_examples:
                     break
-                n_prompts = math.ceil(need * cfg.oversample / cfg.inputs_per_prompt)
-                batches = math.ceil(n_prompts / cfg.prompts_per_batch)
-                for b in tqdm(range(batches), desc=f"round {r + 1}/{cfg.max_rounds}", leave=False, disable=not self.progress):
+                sizes = self.batch_sizes(len(rows))
+                for b in tqdm(range(len(sizes)), desc=f"round {r + 1}/{cfg.max_rounds}", leave=False, disable=not self.progress):
                     if len(rows) >= cfg.num_examples:
                         break
-                    size = min(cfg.prompts_per_batch, n_prompts - b * cfg.prompts_per_batch)
+                    size = sizes[b]
                     rng = random.Random(_seed(cfg.seed, r, b, "prompts"))
                     new = self._batch(f"r{r}/b{b}", rng, size, rows, r)
                     rows.extend(new)
                     bar.update(min(len(new), max(0, cfg.num_examples - bar.n)))
         finally:
             bar.close()
+        return self.finish(rows)
+
+    def finish(self, rows: list[dict]) -> list[dict]:
+        """The whole pool's last steps: rank or downsample balance, then the cut to `num_examples`."""
+        cfg = self.cfg
         if self.labels and cfg.balance == "rank" and rows:
             ranked = assign_by_rank(rows, self.labels, cfg.num_examples)
             self.report.add("rank_balance", len(rows), len(ranked), {"class_balance": len(rows) - len(ranked)})
