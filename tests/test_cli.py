@@ -73,10 +73,11 @@ def test_an_output_dir_that_is_a_file_is_refused_before_synthesis(tmp_path, tiny
     assert taken.read_text() == "someone's notes"
 
 
-def test_a_folder_given_as_the_task_says_so(tmp_path, capsys):
+def test_a_folder_without_task_files_says_so(tmp_path, capsys):
+    # generate takes a folder of tasks (one dataset each); evaluate scores one task
     assert main(["generate", str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
-    assert error_line(capsys) == (f"error: task field 'task': {tmp_path} is a folder, not a task file. "
-                                  "Fix: pass the task file inside it: a NI V2 task file or a YAML/JSON spec")
+    assert error_line(capsys) == (f"error: task: {tmp_path} is a folder with no task file (.json, .yaml, .yml) in it. "
+                                  "Fix: pass task files, or a folder that holds them")
     assert main(["evaluate", "--task", str(tmp_path)]) == 2
     assert "is a folder, not a task file" in error_line(capsys)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from datasets import load_dataset
@@ -102,6 +103,32 @@ def test_a_worker_killed_mid_shard_is_retried_and_ends_with_the_same_rows(local_
     assert (rows["input"], rows["output"]) == (whole["input"], whole["output"])
     keys = _journal_keys(shard_journal(_work_dir(tmp_path / "killed"), 0, 2))
     assert len(keys) == len(set(keys)) > killed_at  # the retry went on from the journal and repeated nothing
+
+
+def test_generate_over_a_folder_of_tasks_runs_one_ray_job_each_and_load_dataset_finds_them(local_ray, tiny_model_dir, tmp_path, capsys):
+    from datasets import load_dataset_builder
+
+    from selfguide.cli import main
+    from tests.conftest import letter_labelled
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    spec = json.loads(SENTIMENT.read_text())
+    (tasks / "words.json").write_text(json.dumps(dict(spec, name="sentiment_words")))
+    (tasks / "letters.json").write_text(json.dumps(dict(letter_labelled(spec), name="sentiment_letters")))
+    loose = [item for k, v in LOOSE.items() if not isinstance(v, tuple) for item in ("--set", f"{k}={v}")]
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["generate", str(tasks), "--model", str(tiny_model_dir), "--num-examples", "4", "--output-dir", str(out),
+            "--cache-dir", str(cache), "--ray", *loose]
+    assert main(argv) == 0, capsys.readouterr().err
+    for name, file in (("sentiment_words", "words.json"), ("sentiment_letters", "letters.json")):
+        written = [json.loads(line) for line in (out / name / "train.jsonl").read_text().splitlines()]
+        assert written
+        # The Ray job's build is the cache entry a plain load_dataset with the same arguments reads.
+        builder = load_dataset_builder("selfguide", task=str(tasks / file), model=str(tiny_model_dir), num_examples=4,
+                                       cache_dir=str(cache), **LOOSE)
+        assert Path(builder.cache_dir).is_dir()
+        assert builder.as_dataset()["train"]["input"] == [r["input"] for r in written]
 
 
 def test_an_unreachable_cluster_names_the_address_and_the_fix(tiny_model_dir, tmp_path):
