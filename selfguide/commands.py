@@ -98,6 +98,10 @@ def add_datastore_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedder", default=None, help="sentence-transformers model (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--index-factory", default=None, help='FAISS factory string over inner product (default "HNSW32"; "Flat" is exact)')
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a datastore of other sources or settings")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="embed on Ray (Ray Data over a pool of embedder actors): alone, Ray starts here (or joins $RAY_ADDRESS); "
+                        "or the cluster at ADDRESS. The datastore is the same as without")
+    p.add_argument("--num-workers", type=int, default=2, help="with --ray: embedder actors (one CPU each)")
     p.set_defaults(func=run_datastore)
     return p
 
@@ -110,7 +114,7 @@ def run_datastore(args) -> int:
     try:
         store = build_datastore(
             args.sources, args.output_dir, max_rows_per_config=args.max_rows_per_config or None,
-            embedder=args.embedder, overwrite=args.overwrite, **kwargs,
+            embedder=args.embedder, overwrite=args.overwrite, ray_address=args.ray, num_workers=args.num_workers, **kwargs,
         )
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"the rows read and embedded so far are kept in {args.output_dir}; the same command continues from them") from None

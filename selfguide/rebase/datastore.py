@@ -110,7 +110,10 @@ def load_embedder(name: Optional[str] = None):
 
 def embed(texts: Sequence[str], embedder: Optional[str] = None, batch_size: int = 64) -> np.ndarray:
     """Unit-length float32 vectors, so inner product is cosine similarity."""
-    model = load_embedder(embedder)
+    return _encode(load_embedder(embedder), texts, batch_size)
+
+
+def _encode(model, texts: Sequence[str], batch_size: int) -> np.ndarray:
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
@@ -442,23 +445,59 @@ def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], m
     return {"rows": rows, "texts": list(text_ids), "sources": srcs, "skipped": skipped, "dropped": {"no_text": no_text}}
 
 
-def _embed_in_chunks(texts: list[str], work: Path, embedder: Optional[str], chunk_size: int, batch_size: int) -> np.ndarray:
-    """Embed chunk by chunk, each chunk saved atomically, so a restart skips the chunks already on disk."""
+def _embed_in_chunks(
+    texts: list[str], work: Path, embedder: Optional[str], chunk_size: int, batch_size: int,
+    ray_address: Optional[str] = None, num_workers: int = 2,
+) -> np.ndarray:
+    """Embed chunk by chunk, each chunk saved atomically, so a restart skips the chunks already on disk. With
+    `ray_address`, the missing chunks are embedded by Ray Data over a pool of `num_workers` embedder actors (each
+    loads the model once), and written here as they arrive, the same files a build without Ray writes."""
     chunk_dir = work / "embeddings"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(texts), chunk_size)
     files = [chunk_dir / f"{i:06d}.npy" for i in range(len(starts))]
     done = sum(min(chunk_size, len(texts) - s) for s, f in zip(starts, files) if f.exists())
+    missing = [i for i, f in enumerate(files) if not f.exists()]
+
+    def save(i: int, vectors: np.ndarray) -> None:
+        tmp = files[i].with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        os.replace(tmp, files[i])
+
     with tqdm(total=len(texts), initial=done, desc="Embedding datastore", unit="text") as bar:
-        for start, file in zip(starts, files):
-            if file.exists():
-                continue
-            chunk = texts[start : start + chunk_size]
-            tmp = file.with_suffix(".tmp.npy")
-            np.save(tmp, embed(chunk, embedder, batch_size))
-            os.replace(tmp, file)
-            bar.update(len(chunk))
+        if ray_address and missing:
+            for i, vectors in _embed_on_ray([(i, texts[starts[i] : starts[i] + chunk_size]) for i in missing], embedder, batch_size, ray_address, num_workers):
+                save(i, vectors)
+                bar.update(len(vectors))
+        else:
+            for i in missing:
+                save(i, embed(texts[starts[i] : starts[i] + chunk_size], embedder, batch_size))
+                bar.update(min(chunk_size, len(texts) - starts[i]))
     return np.concatenate([np.load(f) for f in files])
+
+
+class _ChunkEmbedder:
+    """A Ray Data actor: the embedder loaded once, then one chunk of texts per call."""
+
+    def __init__(self, embedder: Optional[str], batch_size: int):
+        self.model, self.batch_size = load_embedder(embedder), batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        return {"chunk": batch["chunk"], "vectors": [_encode(self.model, texts, self.batch_size) for texts in batch["texts"]]}
+
+
+def _embed_on_ray(chunks: list[tuple[int, list[str]]], embedder: Optional[str], batch_size: int, address: str, num_workers: int):
+    """(chunk index, vectors) for each chunk, in the order Ray finishes them."""
+    from ..synthesis.shards import connect
+
+    ray = connect(address)
+    items = ray.data.from_items([{"chunk": i, "texts": texts} for i, texts in chunks], override_num_blocks=len(chunks))
+    embedded = items.map_batches(
+        _ChunkEmbedder, fn_constructor_kwargs={"embedder": embedder, "batch_size": batch_size},
+        batch_size=1, concurrency=num_workers, num_cpus=1,
+    )
+    for row in embedded.iter_rows():
+        yield int(row["chunk"]), np.asarray(row["vectors"], dtype=np.float32)
 
 
 def _digest(recipe: dict) -> str:
@@ -522,13 +561,16 @@ def build_datastore(
     chunk_size: int = 1024,
     batch_size: int = 64,
     overwrite: bool = False,
+    ray_address: Optional[str] = None,
+    num_workers: int = 2,
 ) -> "Datastore":
     """Build (or resume building, or reuse) the datastore at `path` and return it loaded.
 
     `max_rows_per_config` caps every (dataset, config) at that many evenly spaced rows, so one big
     dataset cannot crowd out the others; None keeps every row. `index_factory` is a FAISS factory
     string over inner product ("HNSW32" approximate, "Flat" exact). Hub configs that are gated,
-    larger than `max_config_bytes` or hold no text are skipped, and meta.json says why.
+    larger than `max_config_bytes` or hold no text are skipped, and meta.json says why. `ray_address` ("local",
+    "auto", an address) embeds on Ray with `num_workers` embedder actors; the datastore is the same either way.
     """
     from filelock import FileLock
 
@@ -580,7 +622,7 @@ def build_datastore(
             tmp = work / "collected.tmp"
             tmp.write_text(json.dumps(collected, ensure_ascii=False), encoding="utf-8")
             os.replace(tmp, work / "collected.json")
-        vectors = _embed_in_chunks(collected["texts"], work, embedder, chunk_size, batch_size)
+        vectors = _embed_in_chunks(collected["texts"], work, embedder, chunk_size, batch_size, ray_address, num_workers)
         sources_table = dict(collected["sources"])
         sources_table["embeddings"] = _vectors(embed(sources_table["description"], embedder, batch_size))
         meta = {

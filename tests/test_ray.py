@@ -1,5 +1,6 @@
-"""Sharded SELF-GUIDE on a real local Ray (ray.init(num_cpus=2)): the same rows as the same shards run here, and a
-worker killed mid-shard retried without losing or repeating a batch."""
+"""Scale-out on a real local Ray (ray.init(num_cpus=2)): sharded SELF-GUIDE gives the rows the same shards give here,
+a worker killed mid-shard is retried without losing or repeating a batch, `selfguide generate` runs one Ray job per
+task, and a datastore embedded by Ray Data loads and searches like one built here."""
 
 import json
 import os
@@ -129,6 +130,61 @@ def test_generate_over_a_folder_of_tasks_runs_one_ray_job_each_and_load_dataset_
                                        cache_dir=str(cache), **LOOSE)
         assert Path(builder.cache_dir).is_dir()
         assert builder.as_dataset()["train"]["input"] == [r["input"] for r in written]
+
+
+DATASTORE_SOURCES = [str(FIXTURES / "datastore" / "reviews.jsonl"), str(FIXTURES / "datastore" / "recipes.csv")]
+
+
+def test_a_datastore_embedded_on_ray_loads_and_searches_like_one_built_here(local_ray, tmp_path):
+    import numpy as np
+
+    from selfguide.rebase import Datastore, build_datastore
+
+    here = build_datastore(DATASTORE_SOURCES, tmp_path / "here", index_factory="Flat", chunk_size=4)
+    on_ray = build_datastore(DATASTORE_SOURCES, tmp_path / "ray", index_factory="Flat", chunk_size=4, ray_address="local", num_workers=2)
+    assert on_ray.fingerprint == here.fingerprint  # where it was embedded is not what it holds
+    assert on_ray.texts["text"] == here.texts["text"]
+    np.testing.assert_allclose(on_ray.text_embeddings(), here.text_embeddings(), atol=1e-5)
+    queries = here.text_embeddings()[:6]
+    reloaded = Datastore.load(tmp_path / "ray")
+    assert reloaded.search(queries, 3)[1].tolist() == on_ray.search(queries, 3)[1].tolist() == here.search(queries, 3)[1].tolist()
+
+
+_BUILD_SCRIPT = """
+import sys
+from selfguide.rebase import build_datastore
+build_datastore(sys.argv[1:3], sys.argv[3], chunk_size=1, index_factory="Flat")
+"""
+
+
+def test_a_killed_build_resumes_on_ray_from_its_finished_chunks(local_ray, tmp_path, monkeypatch):
+    from selfguide.rebase import build_datastore, datastore
+
+    target = tmp_path / "store"
+    chunks = target / ".build" / "embeddings"
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, *DATASTORE_SOURCES, str(target)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(chunks.glob("*[0-9].npy"))) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "the build ended, or never embedded, before the kill"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished = {int(f.name.split(".")[0]) for f in chunks.glob("*[0-9].npy")}
+    sent = []
+    real = datastore._embed_on_ray
+
+    def recording(chunk_list, *args):  # Ray still does the work; this only notes which chunks it was given
+        sent.extend(i for i, _ in chunk_list)
+        yield from real(chunk_list, *args)
+
+    monkeypatch.setattr(datastore, "_embed_on_ray", recording)
+    store = build_datastore(DATASTORE_SOURCES, target, chunk_size=1, index_factory="Flat", ray_address="local")
+    assert sorted(sent) == sorted(set(range(len(store.texts))) - finished)
+    whole = build_datastore(DATASTORE_SOURCES, tmp_path / "whole", chunk_size=1, index_factory="Flat")
+    assert store.fingerprint == whole.fingerprint and store.texts["text"] == whole.texts["text"]
 
 
 def test_an_unreachable_cluster_names_the_address_and_the_fix(tiny_model_dir, tmp_path):
