@@ -199,3 +199,29 @@ def real_llama_server(log_dir: Path, ready_within: float = 120, logits_all: Opti
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+_BUILD_SCRIPT = """
+import sys
+from selfguide.rebase import build_datastore
+build_datastore(sys.argv[1:-1], sys.argv[-1], chunk_size=1)
+"""
+
+
+def kill_build_mid_embedding(sources: list[str], target: Path, chunks_done: int = 3) -> set[int]:
+    """Start `build_datastore(sources, target, chunk_size=1)` in a process, SIGKILL it once `chunks_done` chunks are
+    embedded, and return the chunks it finished."""
+    chunks = target / ".build" / "embeddings"
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, *sources, str(target)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(chunks.glob("*[0-9].npy"))) < chunks_done:
+            assert proc.poll() is None, "the build ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the build never got to embedding"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return {int(f.name.split(".")[0]) for f in chunks.glob("*[0-9].npy")}
+

@@ -1,14 +1,9 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import datasets
 import numpy as np
 import pytest
-from tests.rebase_support import FIXTURES, fixture_store
+from tests.rebase_support import FIXTURES, fixture_store, kill_build_mid_embedding
 
 import selfguide.rebase.datastore as ds_module
 from selfguide.rebase import Datastore, DatastoreError, Source, build_datastore
@@ -315,29 +310,10 @@ def test_loading_a_missing_or_foreign_folder_says_what_to_do(tmp_path):
         Datastore.load(tmp_path / "plain")
 
 
-_BUILD_SCRIPT = """
-import sys
-from selfguide.rebase import build_datastore
-build_datastore([sys.argv[1], sys.argv[2]], sys.argv[3], chunk_size=1)
-"""
-
-
 def test_interrupted_build_is_never_taken_as_whole_and_resumes(tmp_path, monkeypatch):
     sources = [str(FIXTURES / "reviews.jsonl"), str(FIXTURES / "recipes.csv")]
     target = tmp_path / "store"
-    chunks = target / ".build" / "embeddings"
-    proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, *sources, str(target)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(chunks.glob("*[0-9].npy"))) < 3:
-            assert proc.poll() is None, "the build ended before it could be interrupted"
-            assert time.monotonic() < deadline, "the build never got to embedding"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    done_before = len(list(chunks.glob("*[0-9].npy")))
+    done_before = len(kill_build_mid_embedding(sources, target))
     assert not (target / "COMPLETE").exists()
     with pytest.raises(DatastoreError, match="incomplete \\(its build was interrupted\\)"):
         Datastore.load(target)

@@ -150,29 +150,12 @@ def test_a_datastore_embedded_on_ray_loads_and_searches_like_one_built_here(loca
     assert reloaded.search(queries, 3)[1].tolist() == on_ray.search(queries, 3)[1].tolist() == here.search(queries, 3)[1].tolist()
 
 
-_BUILD_SCRIPT = """
-import sys
-from selfguide.rebase import build_datastore
-build_datastore(sys.argv[1:3], sys.argv[3], chunk_size=1, index_factory="Flat")
-"""
-
-
 def test_a_killed_build_resumes_on_ray_from_its_finished_chunks(local_ray, tmp_path, monkeypatch):
     from selfguide.rebase import build_datastore, datastore
+    from tests.rebase_support import kill_build_mid_embedding
 
     target = tmp_path / "store"
-    chunks = target / ".build" / "embeddings"
-    proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, *DATASTORE_SOURCES, str(target)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(chunks.glob("*[0-9].npy"))) < 3:
-            assert proc.poll() is None and time.monotonic() < deadline, "the build ended, or never embedded, before the kill"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    finished = {int(f.name.split(".")[0]) for f in chunks.glob("*[0-9].npy")}
+    finished = kill_build_mid_embedding(DATASTORE_SOURCES, target)
     sent = []
     real = datastore._embed_on_ray
 
@@ -181,9 +164,9 @@ def test_a_killed_build_resumes_on_ray_from_its_finished_chunks(local_ray, tmp_p
         yield from real(chunk_list, *args)
 
     monkeypatch.setattr(datastore, "_embed_on_ray", recording)
-    store = build_datastore(DATASTORE_SOURCES, target, chunk_size=1, index_factory="Flat", ray_address="local")
+    store = build_datastore(DATASTORE_SOURCES, target, chunk_size=1, ray_address="local")
     assert sorted(sent) == sorted(set(range(len(store.texts))) - finished)
-    whole = build_datastore(DATASTORE_SOURCES, tmp_path / "whole", chunk_size=1, index_factory="Flat")
+    whole = build_datastore(DATASTORE_SOURCES, tmp_path / "whole", chunk_size=1)
     assert store.fingerprint == whole.fingerprint and store.texts["text"] == whole.texts["text"]
 
 

@@ -14,7 +14,7 @@ import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from datasets.utils import tqdm
 
