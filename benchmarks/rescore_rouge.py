@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,10 +24,24 @@ from selfguide import Task
 from selfguide.metrics import task_score
 
 
-def tables() -> list[tuple[str, dict]]:
-    """Every NI V2 table with generation records, by name."""
+OLD_METRIC = "185e346^"  # the last commit with the hand-written ROUGE-L
+
+
+def tables(with_answers: bool) -> list[tuple[str, dict]]:
+    """The NI V2 tables with generation records, by name: those made with the old metric (records without the
+    methods' answers) or, `with_answers`, those whose records keep every method's answers."""
     found = [(path.stem, json.loads(path.read_text())) for path in sorted(RESULTS.glob("ni_v2*.json"))]
-    return [(name, t) for name, t in found if any(r["type"] == "generation" for r in t.get("results", []))]
+    gen = [(name, t) for name, t in found if any(r["type"] == "generation" for r in t.get("results", []))]
+    return [(name, t) for name, t in gen if all("predictions" in r for r in t["results"]) == with_answers]
+
+
+def old_rouge_l():
+    """The hand-written ROUGE-L the old tables were scored with, read from git history rather than kept as a copy."""
+    source = subprocess.run(["git", "show", f"{OLD_METRIC}:selfguide/metrics.py"], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parent).stdout
+    namespace: dict = {"__name__": "old_metrics"}
+    exec(source.replace("from .errors import ConfigError", "ConfigError = ValueError"), namespace)
+    return namespace["rouge_l"]
 
 
 def scored_rows(task_name: str, settings: dict, work: Path) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
@@ -43,10 +58,30 @@ def scored_rows(task_name: str, settings: dict, work: Path) -> tuple[list[str], 
     return [g.input for g in sample.gold], [g.output for g in sample.gold], [answers[(g.input, g.output)] for g in sample.gold]
 
 
+def methods_rows(work: Path) -> list[dict]:
+    """Each method's recorded answers on a new table's generation rows, under the old metric and the new one."""
+    old = old_rouge_l()
+    rows = []
+    for name, table in tables(with_answers=True):
+        for r in table["results"]:
+            if r["type"] != "generation":
+                continue
+            inputs, first, every = scored_rows(r["task"], table["settings"], work)
+            answers = r["predictions"]
+            rows.append({
+                "table": name, "task": r["task"], "method": r["method"], "recorded": r["score"],
+                "old": 100 * statistics.fmean(old(a, f) for a, f in zip(answers, first)),
+                "first_answer": task_score("generation", answers, first), "every_answer": task_score("generation", answers, every),
+            })
+            assert abs(rows[-1]["every_answer"] - r["score"]) < 1e-6, (name, r["task"], r["method"])  # the table's own score
+    return rows
+
+
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for name, table in tables():
+        methods = methods_rows(Path(work))
+        for name, table in tables(with_answers=False):
             recorded = {r["task"]: r["references"]["copy_input"] for r in table["results"] if r["type"] == "generation"}
             for task_name, old in sorted(recorded.items()):
                 inputs, first, every = scored_rows(task_name, table["settings"], Path(work))
@@ -80,7 +115,23 @@ def main() -> None:
         "",
         "Command: `python benchmarks/rescore_rouge.py`.",
     ])
-    write_results("ni_v2_rescored", {"command": "python benchmarks/rescore_rouge.py", "rows": rows}, md)
+    if methods:
+        by = {}
+        for r in methods:
+            by.setdefault((r["table"], r["method"]), []).append(r)
+        cells = [[r["table"], r["task"], r["method"], *(f"{r[k]:.1f}" for k in ("old", "first_answer", "every_answer"))] for r in methods]
+        cells += [[f"**{t} mean**", f"{len(rs)} tasks", m, *(f"{statistics.fmean(r[k] for r in rs):.1f}" for k in ("old", "first_answer", "every_answer"))]
+                  for (t, m), rs in by.items() if len(rs) > 1]
+        md += "\n\n" + "\n".join([
+            "## The methods' answers, old metric and new, on the same answers",
+            "",
+            "Tables whose records keep every method's answers (made after 185e346): the same answers scored with the old "
+            f"hand-written ROUGE-L (read from git at `{OLD_METRIC}`), and with rouge_score against the first answer and against "
+            "every answer (the tables' own score). Only the metric differs between the columns.",
+            "",
+            markdown_table(["table", "task", "method", "old ROUGE-L", "new, first answer", "new, every answer"], cells),
+        ])
+    write_results("ni_v2_rescored", {"command": "python benchmarks/rescore_rouge.py", "rows": rows, "methods": methods}, md)
 
 
 if __name__ == "__main__":
