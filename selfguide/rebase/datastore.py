@@ -400,13 +400,32 @@ def _describe(group: _Group, constant: dict[str, str]) -> str:
     return ". ".join(p.rstrip(". ") for p in parts)
 
 
-def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], max_config_bytes: int) -> dict:
+def _read_source(source: Source, kind: str, index: int, max_rows: Optional[int], max_config_bytes: int) -> tuple[list[_Group], list[dict]]:
+    """One source's row groups, and the configs it skipped with their reasons."""
+    skipped: list[dict] = []
+    found = _hub_groups(source, max_rows, max_config_bytes, skipped) if kind == "hub" else _local_groups(source, index)
+    return found, skipped
+
+
+def _read_sources(sources: list[Source], kinds: list[str], max_rows: Optional[int], max_config_bytes: int, ray_address: Optional[str]):
+    """Every source read, in order: one after another here, or each a Ray task at `ray_address`."""
+    jobs = [(s, k, i, max_rows, max_config_bytes) for i, (s, k) in enumerate(zip(sources, kinds))]
+    if not ray_address:
+        # Hub sources stream up to `max_rows` rows per config: minutes for a long source list.
+        return [_read_source(*job) for job in tqdm(jobs, desc="Reading datastore sources", unit="source")]
+    from ..synthesis.shards import connect
+
+    ray = connect(ray_address)
+    remote = ray.remote(num_cpus=1)(_read_source).options(name="selfguide_read_source")
+    return ray.get([remote.remote(*job) for job in jobs])
+
+
+def _collect(sources: list[Source], kinds: list[str], max_rows: Optional[int], max_config_bytes: int, ray_address: Optional[str] = None) -> dict:
     """Read every source into the column lists of the rows, texts and sources tables."""
     skipped: list[dict] = []
     groups: dict[tuple, _Group] = {}
-    # Hub sources stream up to `max_rows` rows per config: minutes for a long source list.
-    for i, (source, kind) in enumerate(tqdm(list(zip(sources, kinds)), desc="Reading datastore sources", unit="source")):
-        found = _hub_groups(source, max_rows, max_config_bytes, skipped) if kind == "hub" else _local_groups(source, i)
+    for found, skips in _read_sources(sources, kinds, max_rows, max_config_bytes, ray_address):
+        skipped += skips
         for g in found:
             merged = groups.setdefault((g.dataset, g.config), _Group(g.dataset, g.config, g.description, g.license))
             merged.rows.extend(g.rows)
@@ -570,7 +589,8 @@ def build_datastore(
     dataset cannot crowd out the others; None keeps every row. `index_factory` is a FAISS factory
     string over inner product ("HNSW32" approximate, "Flat" exact). Hub configs that are gated,
     larger than `max_config_bytes` or hold no text are skipped, and meta.json says why. `ray_address` ("local",
-    "auto", an address) embeds on Ray with `num_workers` embedder actors; the datastore is the same either way.
+    "auto", an address) reads each source as a Ray task and embeds with Ray Data over `num_workers` embedder actors;
+    the datastore is the same either way.
     """
     from filelock import FileLock
 
@@ -618,7 +638,7 @@ def build_datastore(
         if (work / "collected.json").exists():
             collected = json.loads((work / "collected.json").read_text(encoding="utf-8"))
         else:
-            collected = _collect(sources, kinds, max_rows_per_config, int(max_config_bytes))
+            collected = _collect(sources, kinds, max_rows_per_config, int(max_config_bytes), ray_address)
             tmp = work / "collected.tmp"
             tmp.write_text(json.dumps(collected, ensure_ascii=False), encoding="utf-8")
             os.replace(tmp, work / "collected.json")
