@@ -109,9 +109,9 @@ def main() -> None:
         "",
         markdown_table(header, cells),
         "",
-        "The methods' columns (prompted, SELF-GUIDE, in context, ReBase) are not re-scored: their records keep the score, "
-        "not the answers. Re-scoring them takes rerunning the methods on these rows, with each record keeping its answers "
-        "and the scored rows carrying every NI answer.",
+        "The methods' columns (prompted, SELF-GUIDE, in context, ReBase) of these tables cannot be re-scored: their records "
+        "keep the score, not the answers. `ni_v2_generation` reran the methods on the 4 generation tasks, its records "
+        "keeping their answers: the table below scores those answers with both metrics.",
         "",
         "Command: `python benchmarks/rescore_rouge.py`.",
     ])
