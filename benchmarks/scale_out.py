@@ -4,10 +4,11 @@ Each setting runs in a fresh process that starts its own local Ray with as many 
 so W shards (or embedder actors) run at once, one thread each. Every setting builds from scratch (a fresh cache and
 datastore folder), so the times include each worker's model load, as a cluster's cold start does.
 
-  synthesis  load_dataset("selfguide", task=..., num_shards=2, ray_address="local") on the embedded student
+  synthesis  load_dataset("selfguide", task=..., num_shards=2, prompts_per_batch=4, ray_address="local") on the embedded
+             student: batches of 4 prompts, so each round has several for each shard
   embedding  build_datastore(<rows of ../shared/data/datastore/pool.jsonl>, ray_address="local", num_workers=W)
 
-    python benchmarks/scale_out.py                  # the shipped demo task, 16 rows; 2,000 pool rows
+    python benchmarks/scale_out.py                  # the shipped demo task, 32 rows; 2,000 pool rows
     python benchmarks/scale_out.py --workers 1 2 4  # on a bigger machine
 """
 
@@ -32,7 +33,7 @@ ray.init(num_cpus=int(sys.argv[1]), log_to_driver=False, include_dashboard=False
 from datasets import load_dataset
 import selfguide
 t = time.perf_counter()
-ds = load_dataset("selfguide", task=sys.argv[2], num_examples=int(sys.argv[3]), num_shards=2, ray_address="local", cache_dir=sys.argv[4])
+ds = load_dataset("selfguide", task=sys.argv[2], num_examples=int(sys.argv[3]), num_shards=2, prompts_per_batch=4, ray_address="local", cache_dir=sys.argv[4])
 print(json.dumps({"seconds": time.perf_counter() - t, "rows": ds["train"].num_rows, "inputs": list(ds["train"]["input"])}))
 """
 
@@ -76,7 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--task", default=str(demo_task_path()))
-    p.add_argument("--num-examples", type=int, default=16)
+    p.add_argument("--num-examples", type=int, default=32)
     p.add_argument("--pool-rows", type=int, default=2000)
     p.add_argument("--filter-sizes", type=int, nargs="+", default=[1000, 2000, 4000], help="candidates for the driver's duplicate check")
     p.add_argument("--name", default="scale_out")
@@ -110,7 +111,7 @@ def main() -> None:
         "",
         f"This machine: {os.cpu_count()} CPUs; load average {results['load_average_before']:.2f} before, "
         f"{payload['machine']['load_average_1m']:.2f} after. Synthesis: `{Path(args.task).name}`, {args.num_examples} rows, "
-        f"2 shards, the embedded student; embedding: the first {args.pool_rows} rows of the shared pool, all-MiniLM-L6-v2. "
+        f"2 shards of 4-prompt batches, the embedded student; embedding: the first {args.pool_rows} rows of the shared pool, all-MiniLM-L6-v2. "
         f"Each setting a fresh process, Ray and cache, so model loads are counted. The synthesized rows are "
         f"{'the same' if same_rows else 'NOT the same'} for every worker count (the same seed and shards).",
         "",
