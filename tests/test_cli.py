@@ -99,10 +99,12 @@ def test_ctrl_c_during_synthesis_is_one_line_saying_where_the_finished_batches_a
     # Many rows to ask for, so the run is still going when the first batch is journalled.
     argv = [sys.executable, "-m", "selfguide.cli", "generate", str(TASK), "--model", str(tiny_model_dir), "--num-examples", "400",
             "--output-dir", str(tmp_path / "out"), "--cache-dir", str(cache), *LOOSE, "--set", "max_rounds=50"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (a CI run started with `&` did):
+    # the child gets Ctrl-C's default handling, as at a terminal.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journals = lambda: list(cache.glob("selfguide_work/*/journal.jsonl"))  # noqa: E731
-    # Ctrl-C only once a batch is journalled: on a loaded machine start-up alone has taken minutes, and an
-    # interrupt that lands before synthesis tests something else.
+    # Ctrl-C only once a batch is journalled: an interrupt that lands before synthesis tests something else.
     deadline = time.time() + 900
     while not (journals() and journals()[0].read_text()):
         assert proc.poll() is None, "the run ended before a batch was journalled; nothing was interrupted"
