@@ -118,8 +118,9 @@ def run_sharded(task: Task, engine_or_none, config, work_dir: Path, report: Filt
         runner = ray_runner(spec, cfg, chat, cfg.ray_address)
     else:
         runner = local_runner(spec, cfg, chat, engine_or_none)
-    # The driver's pipeline: its filter sees every shard's inputs, and it holds stage (d) and the final steps.
-    driver = SelfGuidePipeline(task, _NoCalls(), cfg, Journal(Path(work_dir) / "driver.jsonl"), report, progress=False, chat=False)
+    # The driver's pipeline: its filter sees every shard's inputs, and it holds stage (d) and the final steps. It makes
+    # no model call, so it has no journal: a resumed run replays the shards' journals and merges them again.
+    driver = SelfGuidePipeline(task, _NoCalls(), cfg, None, report, progress=False, chat=False)
     rows: list[dict] = []
     seen: list[str] = []
     journals = [str(shard_journal(work_dir, s, shards)) for s in range(shards)]
